@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    """One tiny Wan pipeline for read-only use (tests that train build their own)."""
+    from trainer.models import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=0)
+
+
+def run_cli(*args, timeout=600, env=None):
+    """Run ``python -m <args>`` from the repo root as a real subprocess."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

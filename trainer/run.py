@@ -1,0 +1,156 @@
+"""Run a workflow headlessly: ``python -m trainer.run workflows/align.json``.
+
+The workflow may be in ComfyUI's UI format (Save) or API format (Export (API)); it is made of
+this pack's node types (``trainer.node_types``), executed exactly as ComfyUI would.
+
+Exit status: 0 done, 2 a problem to fix (the message says what and how), 130 cancelled with
+Ctrl-C (checkpoint written; ``--resume`` continues), 1 an internal error (``--debug`` shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+import warnings
+
+from . import host
+from .errors import UserError
+
+MODEL_NODE = "FlashGRPOModelSource"
+TRAINER_NODE = "FlashGRPOTrainer"
+
+
+class CliHost(host.Host):
+    """Progress bar on stderr; Ctrl-C (or SIGTERM) asks the run to stop after the iteration."""
+
+    def __init__(self):
+        self.stop = False
+        self.t0 = None
+
+    def interrupted(self) -> bool:
+        return self.stop
+
+    def progress(self, node_id, done, total, event=None):
+        now = time.time()
+        if self.t0 is None or done <= 1:
+            self.t0, self.first = now, done - 1
+        rate = (now - self.t0) / max(done - self.first, 1)
+        eta = rate * (total - done)
+        width = 24
+        fill = int(width * done / max(total, 1))
+        reward = f" reward {event['reward_mean']:.4f}" if event and "reward_mean" in event else ""
+        sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total}{reward} "
+                         f"| {rate:.1f}s/it | ETA {int(eta) // 60:d}:{int(eta) % 60:02d} ")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def apply_overrides(prompt: dict, model: str | None, sets: list[str], resume: bool) -> None:
+    """Apply --model / FLASH_GRPO_MODEL to model nodes and --set / --resume to trainer nodes."""
+    from .config import FlashGRPOConfig
+
+    model = model or os.environ.get("FLASH_GRPO_MODEL")
+    overrides = {}
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: write FIELD=VALUE, e.g. --set iterations=10")
+        key, value = item.split("=", 1)
+        if key not in FlashGRPOConfig.field_names():
+            raise UserError(f"--set {key}: not a config field. Fields: {', '.join(FlashGRPOConfig.field_names())}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    for node in prompt.values():
+        inputs = node.setdefault("inputs", {})
+        if node.get("class_type") == MODEL_NODE and model:
+            inputs["model"] = model
+        if node.get("class_type") == TRAINER_NODE:
+            widget_fields = {k for k in inputs if not isinstance(inputs[k], list)}
+            extra = json.loads(inputs.get("config_overrides") or "{}")
+            for key, value in overrides.items():
+                if key in widget_fields and key not in ("config_overrides",):
+                    inputs[key] = value
+                else:
+                    extra[key] = value
+            inputs["config_overrides"] = json.dumps(extra)
+            if resume:
+                inputs["resume"] = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("workflow", help="workflow JSON (ComfyUI UI or API format)")
+    ap.add_argument("--model", help="Wan model folder for every model-source node (or FLASH_GRPO_MODEL)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a config field of every trainer node (repeatable), e.g. --set iterations=5")
+    ap.add_argument("--resume", action="store_true", help="continue the trainer node's run (same run_name) from its checkpoint")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+    cli = CliHost()
+    host.install(cli)
+
+    def on_signal(signum, frame):
+        if cli.stop:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        cli.stop = True
+        sys.stderr.write("\nstopping after this iteration (Ctrl-C again to abort at once)...\n")
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        from .jobs import RunCancelled
+        from .node_types import NODE_CLASS_MAPPINGS
+        from .workflow import execute_prompt, load_workflow
+
+        prompt = load_workflow(args.workflow, NODE_CLASS_MAPPINGS)
+        apply_overrides(prompt, args.model, args.set, args.resume)
+        results = execute_prompt(
+            prompt, NODE_CLASS_MAPPINGS,
+            on_node_start=lambda nid, ct: args.debug and print(f"node {nid} ({ct})", file=sys.stderr),
+        )
+    except RunCancelled as e:
+        print(f"cancelled: {e}", file=sys.stderr)
+        return 130
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aborted (no checkpoint written for the current iteration)", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: say so, traceback only with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"internal error: {type(e).__name__}: {e}\nRerun with --debug for the traceback.", file=sys.stderr)
+        return 1
+    for nid, ui in results.ui.items():
+        for line in (ui or {}).get("text", []):
+            print(line)
+    for nid, node in prompt.items():
+        if node["class_type"] == TRAINER_NODE and nid in results:
+            lora, run_dir, metrics = results[nid]
+            print(f"run directory: {run_dir}\nLoRA: {lora}")
+            m = json.loads(metrics)
+            if "reward_first" in m:
+                print(f"reward (mean of first/last 5 iterations): {m['reward_first']:.4f} -> {m['reward_last']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
