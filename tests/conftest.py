@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Backends started by tests live in a private state dir (never a user's running backend).
+os.environ["FLASH_GRPO_STATE_DIR"] = tempfile.mkdtemp(prefix="flash_grpo_test_backend_")
+os.environ.pop("FLASH_GRPO_BACKEND_URL", None)
+os.environ.pop("FLASH_GRPO_IN_PROCESS", None)
 
 
 @pytest.fixture(scope="session")

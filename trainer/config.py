@@ -44,6 +44,9 @@ class FlashGRPOConfig:
     dtype: str = _f("auto", "Transformer weights/autocast dtype: auto (bfloat16 on CUDA, float32 on "
                     "CPU), float32 or bfloat16. SDE math is always float32.",
                     ("auto", "float32", "bfloat16"))
+    parallel: str = _f("ddp", "How several processes share the model: ddp (a full copy per GPU, LoRA "
+                       "gradients all-reduced; 1.3B) or fsdp (weights fully sharded, bf16 compute; "
+                       "needed for 14B). Ignored on one process.", ("ddp", "fsdp"))
     gradient_checkpointing: bool = _f(True, "Recompute transformer blocks in the backward pass (CUDA only).")
     # --- LoRA ---------------------------------------------------------------------------------
     lora_rank: int = _f(16, "LoRA rank r.")

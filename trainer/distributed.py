@@ -6,6 +6,8 @@ The engine only needs a handful of collectives; this class gives them one name w
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as tdist
 
@@ -17,6 +19,7 @@ class Dist:
         self.enabled = tdist.is_available() and tdist.is_initialized()
         self.rank = tdist.get_rank() if self.enabled else 0
         self.world_size = tdist.get_world_size() if self.enabled else 1
+        self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
 
     @property
     def is_main(self) -> bool:

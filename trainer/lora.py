@@ -175,6 +175,12 @@ def add_lora(
         raise RuntimeError(f"LoRA landed on {got} modules, expected {expected}")
 
 
+def remove_lora(transformer: torch.nn.Module) -> None:
+    """Remove the ``"default"`` adapter (a warm model reused for a new run starts afresh)."""
+    if has_lora(transformer):
+        transformer.delete_adapters(ADAPTER_NAME)
+
+
 def lora_parameters(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """The LoRA parameters as ``(name, param)`` sorted by name (peft names, e.g.
     ``blocks.0.attn1.to_q.lora_A.default.weight``): what the optimizer trains."""
@@ -192,9 +198,13 @@ def _peft_key(param_name: str) -> str:
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The LoRA weights as CPU clones keyed ``<module>.lora_A.weight`` / ``.lora_B.weight``
     (the diffusers/peft naming without the adapter name), in their training dtype."""
-    return {
-        _peft_key(n): p.detach().to("cpu").clone() for n, p in lora_parameters(transformer)
-    }
+    out = {}
+    for n, p in lora_parameters(transformer):
+        t = p.detach()
+        if hasattr(t, "full_tensor"):  # FSDP-sharded (DTensor): gather, a collective on every rank
+            t = t.full_tensor()
+        out[_peft_key(n)] = t.to("cpu").clone()
+    return out
 
 
 def load_lora_state_dict(transformer: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
@@ -224,7 +234,12 @@ def load_lora_state_dict(transformer: torch.nn.Module, sd: dict[str, torch.Tenso
             )
     with torch.no_grad():
         for key, p in params.items():
-            p.copy_(sd[key].to(device=p.device, dtype=p.dtype))
+            value = sd[key].to(device=p.device, dtype=p.dtype)
+            if hasattr(p, "device_mesh"):  # FSDP-sharded (DTensor): keep this rank's shard
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value, p.device_mesh, p.placements)
+            p.copy_(value)
 
 
 @contextlib.contextmanager
@@ -389,8 +404,12 @@ def save_aligned_lora(
     alpha: float,
     metadata: dict | None = None,
     dtype: torch.dtype = torch.float32,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write the transformer's LoRA as a ComfyUI Wan LoRA safetensors file at ``path``.
+
+    ``state_dict`` (``lora_state_dict`` output) is written instead of the transformer's current
+    LoRA when given (distributed runs gather it on every rank, then rank 0 writes).
 
     Keys as in ``to_comfy_keys``; A/B weights contiguous in ``dtype`` (default float32), alphas
     float32. Metadata: the caller's entries (e.g. base model hash, training config; strings kept,
@@ -409,7 +428,8 @@ def save_aligned_lora(
         raise ValueError(
             f"rank/alpha {rank}/{alpha} differ from the adapter's {config.r}/{config.lora_alpha}"
         )
-    tensors = to_comfy_keys(lora_state_dict(transformer), alpha=alpha, rank=rank)
+    sd = lora_state_dict(transformer) if state_dict is None else state_dict
+    tensors = to_comfy_keys(sd, alpha=alpha, rank=rank)
     tensors = {
         k: (v if k.endswith(".alpha") else v.to(dtype)).contiguous() for k, v in tensors.items()
     }

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +43,13 @@ from .models import load_pipeline, weights_hash
 from .rewards import build_reward_set
 from .rollout import Conditioning, RolloutResult, rollout, transition_log_prob
 from .runlog import EventLog, atomic_write_json, plot_reward_curve, write_mp4
-from .strategies import make_plan
+from .strategies import StepPlan, make_plan
 
 log = logging.getLogger(__name__)
+
+
+NO_SYNC_ENV = "FLASH_GRPO_TEST_DISABLE_GRAD_SYNC"
+"""Set to 1 only in tests: DDP then never all-reduces gradients (shows the sync tests can fail)."""
 
 
 class Cancelled(Exception):
@@ -63,6 +67,18 @@ def sample_noise(seed: int, iteration: int, sample: int, step: int, shape: tuple
     """Standard normal noise keyed by (seed, iteration, global sample id, step), drawn on CPU."""
     g = torch.Generator().manual_seed(_seed_of(seed, iteration, sample, step + 1))
     return torch.randn(shape, generator=g)
+
+
+@dataclass
+class IterationBatch:
+    """What the rollout phase of an iteration hands to the reward and update phases."""
+
+    prompts_global: list[str]  # the B prompts of the iteration (all processes)
+    prompts: list[str]  # this process's prompt per sample
+    local_samples: torch.Tensor  # global sample id of each local sample
+    plan: "StepPlan"
+    conditioning: Conditioning
+    result: RolloutResult
 
 
 @dataclass
@@ -87,17 +103,21 @@ class FlashGRPORecipe:
         self.start_iteration = 0
 
     # ------------------------------------------------------------------------------ setup ----
-    def setup(self) -> "FlashGRPORecipe":
+    def setup(self, training: bool = True) -> "FlashGRPORecipe":
+        """Build every component; ``training=False`` stops after what sampling needs (no
+        optimizer, no run directory)."""
         self._setup_device()
         self._setup_model()
         self._setup_lora()
-        self._setup_optimizer()
+        self._setup_parallel()
         self._setup_rewards()
         self._setup_data()
         self._setup_schedule()
-        self._setup_run_dir()
-        if self._resume:
-            self._load_checkpoint()
+        if training:
+            self._setup_optimizer()
+            self._setup_run_dir()
+            if self._resume:
+                self._load_checkpoint()
         return self
 
     def _setup_device(self) -> None:
@@ -105,6 +125,8 @@ class FlashGRPORecipe:
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or cpu.")
         use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if use_cuda and self.dist.enabled:
+            torch.cuda.set_device(self.dist.local_rank)
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         if cfg.dtype == "auto":
             self.dtype = torch.bfloat16 if use_cuda else torch.float32
@@ -132,8 +154,10 @@ class FlashGRPORecipe:
 
     def _setup_lora(self) -> None:
         cfg = self.cfg
-        if not any("lora_" in n for n, _ in self.transformer.named_parameters()):
-            lora_lib.add_lora(self.transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha, include_ffn=cfg.lora_ffn)
+        if lora_lib.has_lora(self.transformer):  # a warm pipeline from an earlier run: start afresh
+            lora_lib.remove_lora(self.transformer)
+        lora_lib.add_lora(self.transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                          include_ffn=cfg.lora_ffn, init_seed=cfg.seed)
         self.lora_params = [p for _, p in lora_lib.lora_parameters(self.transformer)]
         for p in self.lora_params:
             p.data = p.data.float()
@@ -141,6 +165,53 @@ class FlashGRPORecipe:
             {n: p.detach().clone() for n, p in lora_lib.lora_parameters(self.transformer)}
             if cfg.ema_decay > 0 else None
         )
+
+    def _setup_parallel(self) -> None:
+        """Wrap the transformer for several processes: DDP, or FSDP full sharding.
+
+        ``self.model`` is what forward passes go through; ``self.transformer`` stays the plain
+        module (LoRA toggling, config). With FSDP the LoRA layers are sharded as their own groups
+        (they are float32 while the base weights may be bfloat16).
+        """
+        self.model = self.transformer
+        if not self.dist.enabled:
+            return
+        if self.cfg.parallel == "fsdp":
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            mp = MixedPrecisionPolicy(
+                param_dtype=self.dtype if self.device.type == "cuda" else None, reduce_dtype=torch.float32
+            )
+            for name, module in self.transformer.named_modules():
+                if name.endswith((".lora_A.default", ".lora_B.default")):
+                    fully_shard(module, mp_policy=mp)
+            for block in self.transformer.blocks:
+                fully_shard(block, mp_policy=mp)
+            fully_shard(self.transformer, mp_policy=mp)
+            self.lora_params = [p for _, p in lora_lib.lora_parameters(self.transformer)]
+            if self.ema is not None:
+                self.ema = {n: p.detach().clone() for n, p in lora_lib.lora_parameters(self.transformer)}
+        else:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.transformer, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _no_grad_sync(self, last: bool):
+        """Skip the gradient all-reduce on all but the last micro-batch of an optimizer step."""
+        if self.dist.enabled and os.environ.get(NO_SYNC_ENV) == "1" and self.cfg.parallel == "ddp":
+            return self.model.no_sync()  # negative control for tests: ranks drift apart
+        if not self.dist.enabled or last:
+            return contextlib.nullcontext()
+        if self.cfg.parallel == "fsdp":
+            @contextlib.contextmanager
+            def fsdp_no_sync():
+                self.transformer.set_requires_gradient_sync(False)
+                try:
+                    yield
+                finally:
+                    self.transformer.set_requires_gradient_sync(True)
+            return fsdp_no_sync()
+        return self.model.no_sync()
 
     def _setup_optimizer(self) -> None:
         cfg = self.cfg
@@ -210,10 +281,20 @@ class FlashGRPORecipe:
             )
         if state["base_model_hash"] != self.base_model_hash:
             raise UserError("cannot resume: the checkpoint was trained on other base-model weights.")
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
         lora_lib.load_lora_state_dict(self.transformer, state["lora"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        set_optimizer_state_dict(self.transformer, self.optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
         if self.ema is not None:
-            self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
+            for name, value in state["ema"].items():
+                target = self.ema[name]
+                value = value.to(device=self.device, dtype=target.dtype)
+                if hasattr(target, "device_mesh"):
+                    from torch.distributed.tensor import distribute_tensor
+
+                    value = distribute_tensor(value, target.device_mesh, target.placements)
+                target.copy_(value)
         torch.set_rng_state(state["torch_rng"])
         self.start_iteration = int(state["iteration"])
         if self.dist.is_main:
@@ -281,8 +362,6 @@ class FlashGRPORecipe:
     def sample(self, prompts: list[str], steps: int | None = None, seed: int | None = None,
                lora: bool = True) -> torch.Tensor:
         """Deterministic ODE samples (one per prompt) as float videos ``[n, T, H, W, 3]``."""
-        from .strategies import StepPlan
-
         steps = steps or self.cfg.eval_sampling_steps
         seed = self.cfg.seed if seed is None else seed
         sigmas = sde_math.sigma_grid(steps, self.cfg.shift).float()
@@ -292,7 +371,7 @@ class FlashGRPORecipe:
         ctx = contextlib.nullcontext() if lora else lora_lib.lora_disabled(self.transformer)
         with ctx:
             res = rollout(
-                self.transformer, plan, sigmas, torch.zeros(steps), self.conditioning(prompts),
+                self.model, plan, sigmas, torch.zeros(steps), self.conditioning(prompts),
                 self.latent_shape, lambda i, j, shape: sample_noise(seed, -1, i, j, shape),
                 device=self.device, dtype=self.dtype, chunk=self.cfg.micro_batch_size,
             )
@@ -303,12 +382,14 @@ class FlashGRPORecipe:
         per_rank = self.cfg.prompts_per_iteration // self.dist.world_size
         return range(self.dist.rank * per_rank, (self.dist.rank + 1) * per_rank)
 
-    def run_iteration(self, it: int, should_stop: Callable[[], bool] = lambda: False) -> dict:
-        """One full iteration; returns its metrics (the event written to events.jsonl)."""
+    def rollout_phase(self, it: int, prompts_global: list[str] | None = None) -> "IterationBatch":
+        """Plan and roll out iteration ``it`` for this process's prompts (no gradients).
+
+        ``prompts_global`` replaces the iteration's training prompts (group sampling for a node).
+        """
         cfg = self.cfg
         G, B = cfg.group_size, cfg.prompts_per_iteration
-        t0 = time.perf_counter()
-        prompts_global = self.prompts.batch(it, B)
+        prompts_global = prompts_global or self.prompts.batch(it, B)
         slots = self._local_slots()
         local_samples = torch.tensor([b * G + g for b in slots for g in range(G)])
         plan = make_plan(cfg, it, B, G)
@@ -325,9 +406,20 @@ class FlashGRPORecipe:
 
         self.transformer.eval()
         result = rollout(
-            self.transformer, plan, self.sigmas, self.stds, conditioning, self.latent_shape, noise_fn,
+            self.model, plan, self.sigmas, self.stds, conditioning, self.latent_shape, noise_fn,
             groups=groups, device=self.device, dtype=self.dtype, chunk=cfg.micro_batch_size,
         )
+        return IterationBatch(prompts_global, prompts, local_samples, plan, conditioning, result)
+
+    def run_iteration(self, it: int, should_stop: Callable[[], bool] = lambda: False) -> dict:
+        """One full iteration; returns its metrics (the event written to events.jsonl)."""
+        cfg = self.cfg
+        G, B = cfg.group_size, cfg.prompts_per_iteration
+        t0 = time.perf_counter()
+        batch = self.rollout_phase(it)
+        prompts_global, prompts, local_samples = batch.prompts_global, batch.prompts, batch.local_samples
+        plan, conditioning, result = batch.plan, batch.conditioning, batch.result
+        slots = self._local_slots()
         t1 = time.perf_counter()
         if should_stop():
             raise Cancelled()
@@ -390,38 +482,41 @@ class FlashGRPORecipe:
         totals = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "kl": 0.0, "ratio_mean": 0.0, "ratio_max_dev": 0.0}
         grad_norms = []
         self.transformer.train()
+        # DDP/FSDP average gradients over processes; the loss is a mean over the global batch.
+        grad_scale = float(self.dist.world_size)
         for mb in minibatches:
             n_global = float(self.dist.all_reduce_sum(torch.tensor(float(mb.numel()), device=self.device)))
             self.optimizer.zero_grad(set_to_none=True)
             micro = cfg.micro_batch_size or mb.numel()
-            for chunk in mb.split(micro):
-                logp, mean, ref_mean = transition_log_prob(
-                    self.transformer, result, chunk, self.sigmas, self.stds, conditioning, self.dtype,
-                    with_reference=cfg.kl_beta > 0,
-                    reference_context=lambda: lora_lib.lora_disabled(self.transformer),
-                )
-                out = clipped_surrogate(
-                    logp, result.log_prob[chunk], adv[chunk].to(logp.device), cfg.clip_range,
-                    weights[chunk].to(logp.device),
-                )
-                loss_terms = out.loss
-                if ref_mean is not None:
-                    t = steps[chunk]
-                    step_std = self.stds[t] * torch.sqrt(self.sigmas[t] - self.sigmas[t + 1])
-                    kl = kl_to_reference(mean, ref_mean, step_std.to(mean.device))
-                    loss_terms = loss_terms + cfg.kl_beta * kl
-                    totals["kl"] += float(kl.detach().sum())
-                (loss_terms.sum() / n_global).backward()
+            chunks = list(mb.split(micro))
+            for ci, chunk in enumerate(chunks):
+                with self._no_grad_sync(last=ci == len(chunks) - 1):
+                    logp, mean, ref_mean = transition_log_prob(
+                        self.model, result, chunk, self.sigmas, self.stds, conditioning, self.dtype,
+                        with_reference=cfg.kl_beta > 0,
+                        reference_context=lambda: lora_lib.lora_disabled(self.transformer),
+                    )
+                    out = clipped_surrogate(
+                        logp, result.log_prob[chunk], adv[chunk].to(logp.device), cfg.clip_range,
+                        weights[chunk].to(logp.device),
+                    )
+                    loss_terms = out.loss
+                    if ref_mean is not None:
+                        t = steps[chunk]
+                        step_std = self.stds[t] * torch.sqrt(self.sigmas[t] - self.sigmas[t + 1])
+                        kl = kl_to_reference(mean, ref_mean, step_std.to(mean.device))
+                        loss_terms = loss_terms + cfg.kl_beta * kl
+                        totals["kl"] += float(kl.detach().sum())
+                    (loss_terms.sum() * grad_scale / n_global).backward()
                 totals["loss"] += float(loss_terms.detach().sum())
                 totals["clip_frac"] += float(out.clipped.float().sum())
                 totals["approx_kl"] += float(out.approx_kl.sum())
                 totals["ratio_mean"] += float(out.ratio.sum())
                 totals["ratio_max_dev"] = max(totals["ratio_max_dev"], float((out.ratio - 1).abs().max()))
-            self.sync_gradients()
             norm = torch.nn.utils.clip_grad_norm_(
                 self.lora_params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             )
-            grad_norms.append(float(norm))
+            grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
             self.optimizer.step()
         self.transformer.eval()
         summed = self.dist.all_reduce_sum(torch.tensor(
@@ -441,28 +536,28 @@ class FlashGRPORecipe:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
 
-    def sync_gradients(self) -> None:
-        """Average LoRA gradients over processes (no-op on one process)."""
-        if not self.dist.enabled:
-            return
-        for p in self.lora_params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            p.grad.copy_(self.dist.all_reduce_sum(p.grad))
-
     # ----------------------------------------------------------------------- checkpoints ----
     def save_checkpoint(self, iterations_done: int) -> None:
-        """Atomically write everything a resume needs (rank 0 only)."""
+        """Atomically write everything a resume needs. Called on every process (sharded state is
+        gathered); rank 0 writes. Saved unsharded, so a resume may use any number of processes."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        optim_state = get_optimizer_state_dict(self.transformer, self.optimizer, options=options)
+        lora_sd = lora_lib.lora_state_dict(self.transformer)
+        ema = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
+               for k, v in (self.ema or {}).items()}
         if not self.dist.is_main:
             return
         save_checkpoint(self.checkpoint_path, {
             "iteration": iterations_done,
-            "lora": lora_lib.lora_state_dict(self.transformer),
-            "optimizer": self.optimizer.state_dict(),
-            "ema": {k: v.detach().cpu() for k, v in self.ema.items()} if self.ema is not None else {},
+            "lora": lora_sd,
+            "optimizer": optim_state,
+            "ema": ema,
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.to_json(),
             "base_model_hash": self.base_model_hash,
+            "world_size": self.dist.world_size,
         })
 
     def lora_metadata(self, iterations_done: int) -> dict:
@@ -483,12 +578,13 @@ class FlashGRPORecipe:
     def export_lora(self, iterations_done: int) -> Path:
         """Write the aligned LoRA (EMA weights when EMA is on) into the run directory."""
         path = self.run_dir / "lora" / f"{self.run_name}.safetensors"
+        with self.ema_weights():
+            sd = lora_lib.lora_state_dict(self.transformer)  # a collective when sharded
         if self.dist.is_main:
-            with self.ema_weights():
-                lora_lib.save_aligned_lora(
-                    path, self.transformer, self.cfg.lora_rank, self.cfg.lora_alpha,
-                    self.lora_metadata(iterations_done),
-                )
+            lora_lib.save_aligned_lora(
+                path, self.transformer, self.cfg.lora_rank, self.cfg.lora_alpha,
+                self.lora_metadata(iterations_done), state_dict=sd,
+            )
         return path
 
     # ------------------------------------------------------------------------------ loop ----

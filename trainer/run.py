@@ -41,13 +41,13 @@ class CliHost(host.Host):
         now = time.time()
         if self.t0 is None or done <= 1:
             self.t0, self.first = now, done - 1
-        rate = (now - self.t0) / max(done - self.first, 1)
-        eta = rate * (total - done)
+        rate = (now - self.t0) / max(done - self.first - 1, 1) if done - self.first > 1 else None
+        eta = f"{int(rate * (total - done)) // 60:d}:{int(rate * (total - done)) % 60:02d}" if rate else "?"
         width = 24
         fill = int(width * done / max(total, 1))
         reward = f" reward {event['reward_mean']:.4f}" if event and "reward_mean" in event else ""
         sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total}{reward} "
-                         f"| {rate:.1f}s/it | ETA {int(eta) // 60:d}:{int(eta) % 60:02d} ")
+                         f"| {f'{rate:.1f}' if rate else '?'}s/it | ETA {eta} ")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a config field of every trainer node (repeatable), e.g. --set iterations=5")
     ap.add_argument("--resume", action="store_true", help="continue the trainer node's run (same run_name) from its checkpoint")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run the jobs in this process instead of the backend trainer process (one CPU/GPU)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+    if args.in_process:
+        os.environ["FLASH_GRPO_IN_PROCESS"] = "1"
     cli = CliHost()
     host.install(cli)
 
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    from . import jobs
+
     try:
         from .jobs import RunCancelled
         from .node_types import NODE_CLASS_MAPPINGS
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"internal error: {type(e).__name__}: {e}\nRerun with --debug for the traceback.", file=sys.stderr)
         return 1
+    finally:
+        jobs.close()
     for nid, ui in results.ui.items():
         for line in (ui or {}).get("text", []):
             print(line)

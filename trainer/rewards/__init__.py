@@ -11,8 +11,18 @@ Typical use::
 
 Importing this package registers the weight-free rewards of :mod:`trainer.rewards.simple`
 (``jpeg_compressibility``, ``jpeg_incompressibility``, ``temporal_flickering``, ``brightness``,
-``color``); :func:`available_rewards` lists every registered name. New rewards subclass
-:class:`Reward` (implement ``score``) and register with ``@register_reward("name")``.
+``color``), of :mod:`trainer.rewards.motion` (``motion``, ``subject_consistency``), the offline
+OCR reward of :mod:`trainer.rewards.ocr` (``ocr``) and the HTTP client of
+:mod:`trainer.rewards.remote` (``remote``; serve with ``python -m trainer.rewards.serve``).
+The model rewards loaded from local weights register too: :mod:`trainer.rewards.models`
+(``clip_score``, ``pickscore``, ``hpsv2``, ``aesthetic``; scored per frame with the frame
+sampling/batching/aggregation of :mod:`trainer.rewards.frames`) and
+:mod:`trainer.rewards.videoalign` (``videoalign``); they import transformers only when built.
+:func:`available_rewards` lists every registered name. New rewards subclass :class:`Reward`
+(implement ``score``) and register with ``@register_reward("name")``; installed third-party
+packages add rewards through the ``flash_grpo.rewards`` entry-point group
+(:mod:`trainer.rewards.plugins`), loaded on the first call of :func:`available_rewards`,
+:func:`build_reward` or :func:`build_reward_set` imported from here.
 """
 
 from .base import (
@@ -22,12 +32,15 @@ from .base import (
     WeightedSum,
     as_float,
     as_uint8,
-    available_rewards,
-    build_reward,
-    build_reward_set,
     register_reward,
 )
 from . import simple  # noqa: F401  (registers the weight-free rewards)
+from . import models, videoalign  # noqa: F401  (register the model rewards; transformers loads lazily)
+from .frames import FrameReward, aggregate_frame_scores, frame_indices
+from . import motion, ocr, remote  # noqa: F401  (register motion, subject_consistency, ocr, remote)
+# These three load the installed reward plugins (entry points) on first use, then call base's.
+from .plugins import available_rewards, build_reward, build_reward_set, load_plugins
+from .remote import RewardServerError
 from .simple import (
     Brightness,
     Color,
@@ -48,10 +61,15 @@ __all__ = [
     "build_reward",
     "build_reward_set",
     "register_reward",
+    "load_plugins",
+    "RewardServerError",
     "Brightness",
     "Color",
     "JpegCompressibility",
     "JpegIncompressibility",
     "TemporalFlickering",
     "jpeg_sizes_kb",
+    "FrameReward",
+    "aggregate_frame_scores",
+    "frame_indices",
 ]

@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - trains the built-in tiny Wan model with Flash-GRPO on CPU (workflows/demo.json)
+#   make test   - runs the test suite
+# Both create .venv and install what they need. On a machine without an NVIDIA GPU the CPU build
+# of torch is installed first; on a CUDA machine pip's default (CUDA) torch is used.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import torch" 2>/dev/null; then \
+		echo "no NVIDIA GPU: installing the CPU build of torch ($(TORCH_CPU))"; \
+		$(PY) -m pip install -q "$(TORCH_CPU)"; \
+	fi
+	$(PY) -m pip install -q -r requirements.txt "pytest>=8"
+	touch $@
+
+demo: setup
+	$(PY) -m trainer.run workflows/demo.json
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m bench.iteration
+
+clean:
+	rm -rf $(VENV) runs bench/out

@@ -1,0 +1,1 @@
+"""Benchmarks of the Flash-GRPO engine (``python -m bench.iteration``)."""

@@ -1,0 +1,91 @@
+"""Train from a config, without a workflow; the entry point for torchrun.
+
+    python -m trainer.train --preset tiny_demo --iterations 20
+    torchrun --nproc_per_node 8 -m trainer.train --preset flash_grpo_wan2.1_1.3b --model /models/Wan2.1-T2V-1.3B-Diffusers
+    python -m trainer.train --config runs/x/config.json --resume runs/x
+
+Every ``FlashGRPOConfig`` field is a flag (``--help`` lists them with their help texts). Values
+are taken in this order: defaults, ``--preset``, ``--config`` (a JSON file), flags.
+Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised with NCCL on CUDA and gloo
+on CPU; prompts are sharded over ranks and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .config import PRESETS, FlashGRPOConfig, add_cli_arguments, cli_overrides
+from .errors import UserError
+
+
+def init_distributed() -> bool:
+    """Initialise torch.distributed from torchrun's environment; False on a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() and os.environ.get("FLASH_GRPO_DIST_BACKEND") != "gloo" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def build_config(args: argparse.Namespace) -> FlashGRPOConfig:
+    values = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            values.update(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON: {e}") from None
+    values.update(cli_overrides(args))
+    return FlashGRPOConfig.from_dict(values, preset=args.preset)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--preset", choices=list(PRESETS), default=None, help="base values (see trainer/config.py)")
+    ap.add_argument("--config", help="JSON file of config fields (e.g. a run's config.json)")
+    ap.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_cli_arguments(ap)
+    args = ap.parse_args(argv)
+    distributed = False
+    try:
+        cfg = build_config(args)
+        distributed = init_distributed()
+        from .recipe import FlashGRPORecipe
+
+        run_dir = Path(args.resume) if args.resume else None
+        recipe = FlashGRPORecipe(cfg, run_dir=run_dir, resume=bool(args.resume)).setup()
+        result = recipe.train(on_event=lambda e: print(json.dumps(e, sort_keys=True), flush=True)
+                              if e.get("event") != "iteration" else print(
+                                  f"iteration {e['iteration'] + 1}/{cfg.iterations} reward {e['reward_mean']:.4f} "
+                                  f"loss {e['loss']:.4g} grad {e['grad_norm']:.3g}", flush=True))
+        if recipe.dist.is_main:
+            print(f"run directory: {result.run_dir}\nLoRA: {result.lora_path}")
+        return 0
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
