@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 		echo "no NVIDIA GPU: installing the CPU build of torch ($(TORCH_CPU))"; \
 		$(PY) -m pip install -q "$(TORCH_CPU)"; \
 	fi
-	$(PY) -m pip install -q -r requirements.txt "pytest>=8"
+	$(PY) -m pip install -q -r requirements.txt "pytest>=8" "rapidocr-onnxruntime>=1.3"
 	touch $@
 
 demo: setup

@@ -143,3 +143,15 @@ def test_bad_arguments_and_reward_set():
     out = reward(moving_square(), ["x"])
     assert set(out.details) == {"motion", "motion/peak", "subject_consistency",
                                 "subject_consistency/to_first", "subject_consistency/to_previous"}
+
+
+def test_bench_rewards_runs_in_process(capsys):
+    from bench.rewards import main
+
+    result = main(["--only", "motion,subject_consistency,remote", "--videos", "2", "--frames", "3",
+                   "--size", "16", "--repeats", "1"])
+    rows = result["rewards"]
+    assert rows["motion"]["videos_per_s"] > 0 and rows["subject_consistency"]["calls"] == 1
+    assert "url" in rows["remote"]["skipped"]
+    out = capsys.readouterr().out
+    assert "videos/s" in out and "skipped remote" in out

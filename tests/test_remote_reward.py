@@ -3,7 +3,6 @@ subprocesses on free loopback ports, equality with the local reward, auth, malfo
 retries with backoff, batching of concurrent requests."""
 
 import asyncio
-import base64
 import http.server
 import io
 import json

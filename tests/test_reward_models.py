@@ -14,7 +14,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,16 +42,10 @@ CUSTOM_STD = (0.2, 0.25, 0.3)
 # ----------------------------------------------------------------------------------------------
 
 def byte_chars():
-    """GPT-2 byte -> character table (written independently of the library's copy)."""
-    keep = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
-    table, n = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + n)
-            n += 1
-    return [table[b] for b in range(256)]
+    """CLIP's 256 byte symbols in vocabulary order: printable bytes as themselves, then the rest as
+    chr(256 + n) (written independently of the library's copy; "a</w>" gets id 320 as in CLIP)."""
+    printable = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
 
 
 MERGES = [("r", "e"), ("d</w>", "x"), ("o", "x</w>"), ("t", "h"), ("th", "e</w>"), ("i", "n</w>")]
@@ -477,6 +470,7 @@ def test_bpe_gz_tokenizer_equals_vocab_files(hps_files):
     text = "The red fox in the Snow, 42!"
     assert a(text)["input_ids"] == b(text)["input_ids"]
     assert a(text)["input_ids"][0] == len(a) - 2 and a(text)["input_ids"][-1] == len(a) - 1
+    assert a("a")["input_ids"][1] == 320  # "a</w>", as in every CLIP vocabulary
 
 
 def test_hpsv2_refuses_unsafe_or_mismatched_checkpoints(hps_files, tmp_path):
@@ -686,8 +680,8 @@ def videoalign_files(tmp_path_factory):
         ckpt = reward_dir / f"checkpoint-{step}"
         save_file({k: v.contiguous() for k, v in lora.items()}, str(ckpt / "adapter_model.safetensors"))
         torch.save({**saved, "base_model.model.rm_head.weight": rm_head * scale}, ckpt / "non_lora_state_dict.pth")
-        (ckpt / "adapter_config.json").write_text(json.dumps({"r": LORA_R, "lora_alpha": LORA_ALPHA, "use_rslora": False,
-                                                                "peft_type": "LORA"}))
+        adapter_config = {"r": LORA_R, "lora_alpha": LORA_ALPHA, "use_rslora": False, "peft_type": "LORA"}
+        (ckpt / "adapter_config.json").write_text(json.dumps(adapter_config))
     return {"base": base, "reward": reward_dir, "code": code, "peft_model": peft_model, "rm_head": rm_head,
             "tokenizer": tokenizer}
 
@@ -813,7 +807,8 @@ def test_lora_merge_equals_peft_for_linear_and_embedding():
     net = Net()
     plain = Net()
     plain.load_state_dict(net.state_dict())
-    peft_net = get_peft_model(net, LoraConfig(r=2, lora_alpha=6, target_modules=["embed_tokens", "proj"], use_rslora=True))
+    config = LoraConfig(r=2, lora_alpha=6, target_modules=["embed_tokens", "proj"], use_rslora=True)
+    peft_net = get_peft_model(net, config)
     with torch.no_grad():
         for name, p in peft_net.named_parameters():
             if "lora_" in name:
@@ -823,3 +818,39 @@ def test_lora_merge_equals_peft_for_linear_and_embedding():
     _merge_lora(plain, saved, 2, 6 / math.sqrt(2), Path("adapter"))
     x = torch.tensor([[1, 5, 19]])
     assert torch.allclose(plain(x), peft_net(x), atol=1e-5)
+
+
+def test_videoalign_last_token_full_checkpoint(videoalign_files, tmp_path):
+    """The reference's other layout: ``model.pth`` with every tensor, no reward tokens
+    (``reward_token: "last"``, ``output_dim: 3``) and ``prompt_template_type: "none"``."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    files = videoalign_files
+    folder = tmp_path / "last"
+    (folder / "checkpoint-3").mkdir(parents=True)
+    config = json.loads((files["reward"] / "model_config.json").read_text())
+    config["model_config"].update(use_special_tokens=False, reward_token="last", output_dim=3)
+    config["data_config"].update(prompt_template_type="none", num_frames=4, fps=None)
+    del config["inference_config"]
+    (folder / "model_config.json").write_text(json.dumps(config))
+    torch.manual_seed(7)
+    head = torch.randn(3, 32)
+    torch.save({"base_model.model.rm_head.weight": head}, folder / "checkpoint-3" / "model.pth")
+    reward = build_reward("videoalign", path=str(folder), base_path=str(files["base"]), device="cpu", video_fps=4.0)
+    vids = video(n=2, t=6, h=30, w=40, seed=8)
+    out = reward(vids, ["short", "a much longer prompt than the first"])  # right padding on the first
+
+    inputs = reward.model_inputs(vids, ["short", "a much longer prompt than the first"])
+    assert inputs["video_grid_thw"][:, 0].tolist() == [2, 2]  # num_frames 4 -> 2 temporal patches
+    base = Qwen2VLForConditionalGeneration.from_pretrained(files["base"]).float().eval()
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        hidden = base.model(input_ids=ids, attention_mask=inputs["attention_mask"],
+                            pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"],
+                            mm_token_type_ids=(ids == reward.video_token_id).long() * 2).last_hidden_state
+    # reference: the token before the first pad (trainer.py ``sequence_lengths``)
+    pad = reward.tokenizer.pad_token_id
+    last = [int((row == pad).int().argmax()) - 1 if (row == pad).any() else len(row) - 1 for row in ids]
+    raw = torch.stack([hidden[b, last[b]] @ head.T for b in range(2)])
+    assert torch.allclose(torch.stack([out.details[d] for d in ("VQ", "MQ", "TA")], dim=1), raw, atol=1e-4)
+    assert torch.allclose(out.scores, raw.sum(dim=1), atol=1e-4)

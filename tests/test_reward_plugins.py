@@ -133,3 +133,16 @@ def test_load_plugins_in_process_with_a_broken_entry_point(monkeypatch, caplog):
     finally:
         base._REGISTRY.pop("simple_again", None)
         plugins._plugins.pop("simple_again", None)
+
+
+def test_workflows_cannot_name_import_paths():
+    from trainer.errors import UserError
+    from trainer.rewards import build_reward, build_reward_set
+
+    for name in ("os:system", "my_pkg.rewards.Sharpness", "/tmp/reward.py"):
+        with pytest.raises(UserError, match="looks like an import path"):
+            build_reward(name)
+        with pytest.raises(UserError, match="never load code"):
+            build_reward_set([{"name": name, "weight": 1.0}])
+    with pytest.raises(UserError, match="Unknown reward 'sharpnes'"):
+        build_reward_set("sharpnes")

@@ -198,7 +198,7 @@ class Backend:
                 cancelled = bool(result and result.get("cancelled"))
                 job.finish("cancelled" if cancelled else "done", result=result)
             except UserError as e:
-                job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e)})
+                job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e), "user_error": True})
             except Exception as e:  # noqa: BLE001 - reported to the client, then the backend stops
                 write_rank_error(self.state_dir, 0, e)
                 job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e)})

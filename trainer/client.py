@@ -37,6 +37,10 @@ class BackendError(UserError):
     """The backend failed or is unreachable; the message says which rank and why."""
 
 
+class BackendUnreachable(BackendError):
+    """No answer from the backend's address (not started yet, or gone)."""
+
+
 def state_dir() -> Path:
     return Path(os.environ.get("FLASH_GRPO_STATE_DIR", "~/.cache/flash_grpo/backend")).expanduser()
 
@@ -62,35 +66,63 @@ class BackendClient:
                                    "FLASH_GRPO_BACKEND_TOKEN to the token in its backend.json.") from None
             raise BackendError(f"backend request {method} {path} failed with {e.code}: {detail}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
-            raise BackendError(self.diagnose(f"cannot reach the backend at {self.url} ({getattr(e, 'reason', e)})")) from None
+            raise BackendUnreachable(f"cannot reach the backend at {self.url} ({getattr(e, 'reason', e)})") from None
 
     def health(self) -> dict:
         return self.request("GET", "/health", timeout=5.0)
 
     def diagnose(self, what: str) -> str:
-        """Explain a lost backend: which rank failed and why, from error files and torchrun's log."""
+        """Explain a lost backend: which rank failed and why, from torchrun's log and error files.
+
+        A rank killed by a signal shows only in torchrun's log; the ranks that then failed in a
+        collective wrote error files. Deaths are listed first: they are the cause.
+        """
         parts = [what]
         directory = self.directory or state_dir()
-        errors = sorted(directory.glob("rank*.error.json"))
-        for path in errors:
+        log = directory / "backend.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        dead = set()
+        for m in re.finditer(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)", text):
+            code, rank = int(m.group(1)), m.group(2)
+            if code < 0 and rank not in dead:
+                dead.add(rank)
+                parts.append(f"rank {rank} died (killed by {signal.Signals(-code).name})")
+        for path in sorted(directory.glob("rank*.error.json")):
             try:
                 info = json.loads(path.read_text())
-                parts.append(f"rank {info['rank']} failed: {info['cause']}: {info['message'][:300]}")
+                cause = info["cause"]
+                if dead and ("gloo" in info["message"].lower() or "nccl" in info["message"].lower()):
+                    cause = "lost contact with a dead rank"
+                parts.append(f"rank {info['rank']} failed: {cause}: {info['message'][:300]}")
             except (OSError, ValueError, KeyError):
                 continue
-        if not errors:
-            log = directory / "backend.log"
-            text = log.read_text(errors="replace") if log.exists() else ""
-            for m in re.finditer(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)", text):
-                code = int(m.group(1))
-                cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                parts.append(f"rank {m.group(2)} died ({cause})")
         parts.append("Checkpoints written so far are intact; resume the run. The next request starts a fresh backend.")
         return "\n".join(parts)
+
+    def wait_for_exit(self, timeout: float = 30.0) -> None:
+        """After an internal failure: give torchrun time to stop the group and log why."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process is not None:
+                if self.process.poll() is not None:
+                    return
+            else:
+                try:
+                    self.health()
+                except BackendError:
+                    return
+            time.sleep(0.5)
 
     def run_job(self, kind: str, payload: dict, on_event: Callable[[dict], None] = lambda e: None,
                 should_stop: Callable[[], bool] = lambda: False, job_id: str | None = None) -> dict:
         """Submit (or re-attach to ``job_id``) and follow a job to its end; return its result."""
+        try:
+            return self._follow(kind, payload, on_event, should_stop, job_id)
+        except BackendUnreachable as e:
+            self.wait_for_exit()
+            raise BackendError(self.diagnose(f"lost the backend during the job: {e}")) from None
+
+    def _follow(self, kind, payload, on_event, should_stop, job_id):
         if job_id is None:
             job_id = self.request("POST", "/jobs", {"kind": kind, **payload})["job_id"]
         seen, cancel_sent = 0, False
@@ -107,9 +139,11 @@ class BackendClient:
             if reply["state"] == "failed":
                 err = reply["error"] or {}
                 message = err.get("message", "unknown error")
-                if err.get("type") in ("UserError", "RunCancelled") or "UserError" in str(err.get("type")):
+                if err.get("user_error"):
                     raise UserError(message)
-                raise BackendError(f"backend job failed on rank {err.get('rank')}: {err.get('type')}: {message}")
+                self.wait_for_exit()
+                raise BackendError(self.diagnose(
+                    f"the backend failed during the job (rank {err.get('rank')}: {err.get('type')}: {message[:300]})"))
 
     def shutdown(self) -> None:
         try:

@@ -68,8 +68,9 @@ class FlashGRPOConfig:
                        "mixgrpo: SDE and training in a sliding window.", STRATEGIES)
     iso_temporal: bool = _f(True, "flash: all samples of a prompt's group share the SDE step k. "
                             "Off = each sample draws its own k (ablation).")
-    rectification: bool = _f(True, "Weight each sample by 1/K(t), normalised to mean 1 over the "
-                             "global batch (temporal gradient rectification). Off = ablation.")
+    rectification: bool | None = _f(None, "Weight each trained transition by 1/K(t), normalised to mean 1 "
+                                    "over the global batch (temporal gradient rectification). null = on for "
+                                    "flash, off for the baselines (as published); false with flash = ablation.")
     noise_schedule: str = _f("auto", "SDE noise scale s(t); auto = the strategy's own "
                              "(flash->flash, flow_grpo->flow_grpo, dance->dance, mixgrpo->flow_grpo).",
                              NOISE_SCHEDULES)
@@ -287,3 +288,20 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             out[name] = None if value == "null" else value
     return out
+
+
+def markdown_reference() -> str:
+    """The config reference table of the README (``python -m trainer.config``)."""
+    lines = ["| field | default | help |", "|---|---|---|"]
+    for f in dataclasses.fields(FlashGRPOConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata["help"].replace("|", "\\|")
+        choices = f.metadata.get("choices")
+        if choices:
+            help_text += f" One of: {', '.join(f'`{c}`' for c in choices)}."
+        lines.append(f"| `{f.name}` | `{json.dumps(default)}` | {help_text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_reference())

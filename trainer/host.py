@@ -1,4 +1,4 @@
-"""What a node needs from the program running it: progress, interrupt, folders.
+"""What a node needs from the program running it: progress, interrupt, folders, model lists.
 
 The node types in ``trainer.node_types`` run in two hosts: the headless runner
 (``python -m trainer.run``) and ComfyUI (``nodes/`` installs a ComfyUI host at import). Nodes
@@ -14,20 +14,43 @@ from .errors import UserError
 
 
 class Host:
-    """Headless defaults: paths relative to the working directory, no UI."""
+    """Headless defaults: paths relative to the working directory, no UI, no ComfyUI models."""
 
     def progress(self, node_id: str | None, done: int, total: int, event: dict | None = None) -> None:
         """A training run finished iteration ``done`` of ``total`` (``event``: its metrics)."""
 
+    def event(self, run: dict, event: dict) -> None:
+        """Every event of a training run (queued, start, iteration, done, cancelled, error), for a
+        live view. ``run``: ``node``, ``run`` (name), ``run_dir``, ``total``."""
+
     def interrupted(self) -> bool:
         """True once the user asked to stop (Ctrl-C headless, the Cancel button in ComfyUI)."""
         return False
+
+    def cancelled(self, exc: Exception) -> None:
+        """A run stopped on request (``exc``: the ``RunCancelled``); raise what the host expects."""
+        raise exc
 
     def input_file(self, name: str) -> Path:
         """Resolve a file name given in a workflow (a prompt file, say)."""
         path = Path(os.path.expanduser(name))
         if not path.is_file():
             raise UserError(f"file not found: {path} (relative paths are relative to {Path.cwd()})")
+        return path
+
+    def input_files(self) -> list[str] | None:
+        """Names a file picker offers (ComfyUI's input folder); None = a free text field."""
+        return None
+
+    def model_files(self, folder: str) -> list[str]:
+        """Model files of a ComfyUI folder kind ("loras", "diffusion_models", "vae", "text_encoders")."""
+        return []
+
+    def model_path(self, folder: str, name: str) -> Path:
+        """The file behind a name from ``model_files`` (headless: a path)."""
+        path = Path(os.path.expanduser(name))
+        if not path.is_file():
+            raise UserError(f"{folder}: file not found: {path}")
         return path
 
     def runs_dir(self, configured: str) -> Path:
@@ -37,6 +60,20 @@ class Host:
     def publish_lora(self, lora_path: Path) -> str:
         """Make a finished LoRA available to the host's LoRA loaders; return its display name."""
         return str(lora_path)
+
+    def temp_image(self, png: bytes, prefix: str) -> dict | None:
+        """Store a PNG for the node's UI; return ComfyUI's image reference (None: no UI)."""
+        return None
+
+    def model_weight_shapes(self, model) -> dict[str, tuple]:
+        """Weight name -> shape of a Wan diffusion model in ComfyUI's naming
+        (``blocks.0.self_attn.q.weight``). Headless: a state dict or module in that naming."""
+        sd = model if isinstance(model, dict) else model.state_dict()
+        return {k.removeprefix("diffusion_model."): tuple(v.shape) for k, v in sd.items()}
+
+    def apply_lora(self, model, lora_path: Path, strength: float):
+        """Return ``model`` with the LoRA file applied (ComfyUI's MODEL patching)."""
+        raise UserError("applying a LoRA to a MODEL needs ComfyUI (use the LoRA in a ComfyUI workflow).")
 
 
 _current: Host = Host()

@@ -108,13 +108,8 @@ def build_tiny_pipeline(seed: int = 0, shift: float = 3.0):
     )
 
 
-def load_pipeline(model: str, shift: float = 3.0, dtype: torch.dtype = torch.float32, seed: int = 0):
-    """Load ``model``: ``"tiny"`` or a local diffusers Wan2.1 T2V folder.
-
-    Raises ``UserError`` naming the missing folder or component and how to point at the weights.
-    """
-    if model == TINY_MODEL:
-        return build_tiny_pipeline(seed=seed, shift=shift)
+def _load_diffusers_folder(model: str, shift: float, dtype: torch.dtype):
+    """A local diffusers Wan2.1 T2V folder; ``UserError`` naming what is missing."""
     path = Path(os.path.expanduser(model))
     if not path.is_dir():
         raise UserError(
@@ -236,7 +231,7 @@ def shipped_wan_config(transformer_config: dict) -> str | None:
 def write_comfy_manifest(path: str | os.PathLike, transformer: str, vae: str,
                          text_encoder: str | None, config: str = "auto") -> Path:
     """Write the manifest naming ComfyUI model files; its path is a ``model`` value for
-    ``load_model`` (it must end in ``COMFY_MODEL_SUFFIX``)."""
+    ``load_pipeline`` (it must end in ``COMFY_MODEL_SUFFIX``)."""
     path = Path(path)
     if not path.name.endswith(COMFY_MODEL_SUFFIX):
         raise ValueError(f"a ComfyUI model manifest must end in {COMFY_MODEL_SUFFIX}: {path}")
@@ -378,10 +373,13 @@ def load_comfy_files(transformer_path: str | os.PathLike, vae_path: str | os.Pat
                        transformer=transformer, scheduler=make_scheduler(shift))
 
 
-def load_model(model: str, shift: float = 3.0, dtype: torch.dtype = torch.float32, seed: int = 0):
-    """Load any ``model`` value: ``"tiny"``, a diffusers Wan folder, or a manifest of ComfyUI
-    model files (a path ending in ``COMFY_MODEL_SUFFIX``, written by ``write_comfy_manifest``)."""
-    if model != TINY_MODEL and str(model).endswith(COMFY_MODEL_SUFFIX):
+def load_pipeline(model: str, shift: float = 3.0, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Load any ``model`` value: ``"tiny"`` (the built-in model), a local diffusers Wan2.1 T2V
+    folder, or a manifest of ComfyUI model files (a path ending in ``COMFY_MODEL_SUFFIX``, written
+    by ``write_comfy_manifest``). Raises ``UserError`` naming what is missing and how to fix it."""
+    if model == TINY_MODEL:
+        return build_tiny_pipeline(seed=seed, shift=shift)
+    if str(model).endswith(COMFY_MODEL_SUFFIX) and str(model).endswith(COMFY_MODEL_SUFFIX):
         path = Path(os.path.expanduser(model))
         if not path.is_file():
             raise UserError(f"ComfyUI model manifest not found: {path}")
@@ -390,4 +388,4 @@ def load_model(model: str, shift: float = 3.0, dtype: torch.dtype = torch.float3
         config_dir = None if config == "auto" else CONFIGS_DIR / config
         return load_comfy_files(m["transformer"], m["vae"], m.get("text_encoder"), config_dir,
                                 shift=shift, dtype=dtype)
-    return load_pipeline(model, shift=shift, dtype=dtype, seed=seed)
+    return _load_diffusers_folder(model, shift=shift, dtype=dtype)

@@ -39,7 +39,7 @@ from .data import DEFAULT_PROMPTS, PromptSet, read_prompt_file
 from .distributed import Dist
 from .errors import UserError
 from .grpo import clipped_surrogate, group_advantages, kl_to_reference
-from .models import load_pipeline, weights_hash
+from .models import COMFY_MODEL_SUFFIX, load_pipeline, weights_hash
 from .rewards import build_reward_set
 from .rollout import Conditioning, RolloutResult, rollout, transition_log_prob
 from .runlog import EventLog, atomic_write_json, plot_reward_curve, write_mp4
@@ -563,7 +563,7 @@ class FlashGRPORecipe:
     def lora_metadata(self, iterations_done: int) -> dict:
         cfg = self.cfg
         return {
-            "base_model": cfg.model if cfg.model == "tiny" else Path(cfg.model).name,
+            "base_model": cfg.model if cfg.model == "tiny" else Path(cfg.model).name.removesuffix(COMFY_MODEL_SUFFIX),
             "base_model_hash": self.base_model_hash,
             "base_model_arch": json.dumps({k: self.transformer.config[k] for k in (
                 "num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "text_dim")}),

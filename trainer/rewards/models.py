@@ -83,6 +83,7 @@ import math
 import os
 import pickle
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -116,6 +117,7 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 """Per-channel RGB std of OpenAI CLIP."""
 
 _PIL_BICUBIC = 3  # PIL.Image.BICUBIC; also transformers' ``resample: 3``
+_PIL_THREADS = 8  # threads for PIL resizing of a frame batch
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
@@ -201,19 +203,30 @@ class ImagePreprocess:
         top, left, ch, cw = self._crop_box(int(x.shape[2]), int(x.shape[3]))
         return self._normalize(x[:, :, top:top + ch, left:left + cw])
 
+    def _pil_one(self, array: np.ndarray) -> torch.Tensor:
+        """One uint8 ``[H, W, 3]`` frame resized and cropped by PIL, uint8 ``[h, w, 3]``."""
+        image = Image.fromarray(array)
+        if self.size is not None:
+            h, w = shortest_edge_size(image.height, image.width, self.size)
+            if (h, w) != (image.height, image.width):
+                image = image.resize((w, h), resample=self.resample, reducing_gap=None)
+        resized = np.asarray(image)
+        top, left, ch, cw = self._crop_box(resized.shape[0], resized.shape[1])
+        return torch.from_numpy(np.array(resized[top:top + ch, left:left + cw]))
+
     def _pil(self, frames: torch.Tensor) -> torch.Tensor:
-        """Resize + crop each frame with PIL; float32 ``[B, 3, h, w]`` in 0..1 on CPU."""
-        arrays = frames.cpu().numpy()
-        out = []
-        for array in arrays:
-            image = Image.fromarray(array)
-            if self.size is not None:
-                h, w = shortest_edge_size(image.height, image.width, self.size)
-                if (h, w) != (image.height, image.width):
-                    image = image.resize((w, h), resample=self.resample, reducing_gap=None)
-            resized = np.asarray(image)
-            top, left, ch, cw = self._crop_box(resized.shape[0], resized.shape[1])
-            out.append(torch.from_numpy(np.ascontiguousarray(resized[top:top + ch, left:left + cw])))
+        """Resize + crop each frame with PIL; float32 ``[B, 3, h, w]`` in 0..1 on CPU.
+
+        Frames are processed by up to 8 threads (PIL releases the GIL while resampling); the
+        result does not depend on the thread count.
+        """
+        arrays = list(frames.cpu().numpy())
+        workers = min(len(arrays), os.cpu_count() or 1, _PIL_THREADS)
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                out = list(pool.map(self._pil_one, arrays))
+        else:
+            out = [self._pil_one(a) for a in arrays]
         x = torch.stack(out).permute(0, 3, 1, 2)
         # transformers' rescale multiplies in float64, then casts: keep that to match to the last bit.
         return (x.to(torch.float64) * (1.0 / 255.0)).to(torch.float32)
@@ -246,7 +259,9 @@ def clip_processor_preprocess(folder: Path | None, image_size: int) -> ImagePrep
     except (OSError, ValueError) as exc:
         raise UserError(f"Could not read {config_file}: {exc}") from None
     size = _size_from_config(cfg.get("size"), "size", config_file) if cfg.get("do_resize", True) else None
-    crop = _size_from_config(cfg.get("crop_size"), "crop_size", config_file) if cfg.get("do_center_crop", True) else None
+    crop = None
+    if cfg.get("do_center_crop", True):
+        crop = _size_from_config(cfg.get("crop_size"), "crop_size", config_file)
     if cfg.get("do_resize", True) and size is None:
         size = image_size
     if cfg.get("do_center_crop", True) and crop is None:
@@ -476,8 +491,9 @@ def open_clip_to_transformers(state_dict: dict[str, torch.Tensor], vision_head_w
         "logit_scale": sd.pop("logit_scale"),
     }
     try:
-        for old, new in (("visual.ln_pre", "vision_model.pre_layrnorm"), ("visual.ln_post", "vision_model.post_layernorm"),
-                         ("ln_final", "text_model.final_layer_norm")):
+        norms = (("visual.ln_pre", "vision_model.pre_layrnorm"), ("visual.ln_post", "vision_model.post_layernorm"),
+                 ("ln_final", "text_model.final_layer_norm"))
+        for old, new in norms:
             for p in ("weight", "bias"):
                 out[f"{new}.{p}"] = sd.pop(f"{old}.{p}")
         for i in range(v_layers):
@@ -521,19 +537,18 @@ def _clip_from_state_dict(config, state_dict: dict[str, torch.Tensor], where: st
     return model
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte -> printable character map (printable Latin-1 bytes map to themselves,
-    the others to code points 256, 257, ... in byte order)."""
+def _byte_symbols() -> list[str]:
+    """The 256 byte symbols of GPT-2 / CLIP byte-level BPE, in CLIP's vocabulary order.
+
+    Printable Latin-1 bytes (``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``) stand for themselves and come
+    first, in byte order; the other 68 bytes follow, in byte order, as the characters ``chr(256)``,
+    ``chr(257)``, ... (``bytes_to_unicode`` of openai/CLIP ``clip/simple_tokenizer.py``, whose
+    ``.values()`` order is this one).
+    """
     printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
                  + list(range(ord("®"), ord("ÿ") + 1)))
-    mapping, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
 
 
 _CLIP_NUM_MERGES = 49152 - 256 - 2  # OpenAI SimpleTokenizer reads merges[1 : 49152 - 256 - 2 + 1]
@@ -556,7 +571,7 @@ def clip_tokenizer_from_bpe(bpe_path: Path):
     merges = [tuple(line.split()) for line in lines[1:1 + _CLIP_NUM_MERGES] if line.strip()]
     if not merges or any(len(m) != 2 for m in merges):
         raise UserError(f"{bpe_path} is not a CLIP BPE merges file (expected lines of two symbols).")
-    symbols = list(_bytes_to_unicode().values())
+    symbols = _byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(tokens)}

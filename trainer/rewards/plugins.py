@@ -29,6 +29,7 @@ import threading
 from typing import Any
 
 from . import base
+from ..errors import UserError
 from .base import Reward, WeightedSum
 
 __all__ = [
@@ -117,6 +118,17 @@ def loaded_plugins() -> dict[str, str]:
         return dict(_plugins)
 
 
+def _refuse_import_path(name: Any) -> None:
+    """A clear :class:`UserError` for an unregistered name that looks like code to import."""
+    if isinstance(name, str) and name not in base._REGISTRY and any(c in name for c in ":./\\"):
+        raise UserError(
+            f"Reward {name!r} looks like an import path or file. Workflows name registered rewards only "
+            "and never load code: install the package that provides the reward (it registers it through "
+            f"the {ENTRY_POINT_GROUP!r} entry-point group) and use its name. "
+            f"Available rewards: {', '.join(base.available_rewards())}."
+        )
+
+
 def available_rewards() -> list[str]:
     """Sorted names accepted by :func:`build_reward`: built-ins plus installed plugins."""
     load_plugins()
@@ -126,10 +138,13 @@ def available_rewards() -> list[str]:
 def build_reward(name: str, **kwargs: Any) -> Reward:
     """:func:`trainer.rewards.base.build_reward` after loading the installed plugins."""
     load_plugins()
+    _refuse_import_path(name)
     return base.build_reward(name, **kwargs)
 
 
 def build_reward_set(specs: Any) -> WeightedSum:
     """:func:`trainer.rewards.base.build_reward_set` after loading the installed plugins."""
     load_plugins()
+    for spec in specs if isinstance(specs, (list, tuple)) else [specs]:
+        _refuse_import_path(spec.get("name") if isinstance(spec, dict) else spec)
     return base.build_reward_set(specs)

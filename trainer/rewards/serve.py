@@ -167,6 +167,9 @@ class RewardServer:
                     raise PayloadError(f"The 'prompts' part is not a JSON list of strings ({exc}).") from None
             elif part.name == "video":
                 files.append(bytes(await part.read()))
+                if sum(len(f) for f in files) > self.max_request_bytes:  # streamed parts skip aiohttp's limit
+                    raise PayloadError(f"The uploaded videos exceed the server's limit of "
+                                       f"{self.max_request_bytes} bytes (--max-request-mb).")
             else:
                 raise PayloadError(f"Unknown multipart part {part.name!r}; send 'prompts' and 'video' parts.")
         if not files:

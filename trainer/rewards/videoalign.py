@@ -46,7 +46,8 @@ What is reproduced from the reference (KwaiVGI/VideoAlign: ``inference.py``,
    constants for Qwen2-VL), and cut into ``temporal_patch_size x patch_size x patch_size`` patches
    in Qwen2-VL's order (row-major over 2x2 merge windows), giving ``pixel_values_videos`` and
    ``video_grid_thw``. (The processor's own resize is a no-op on these sizes.)
-5. Text: the chat template of the base tokenizer applied to one user message ``[video, text]``
+5. Text: the chat template of the base folder (the processor's ``chat_template.json``, as the
+   reference's ``processor.apply_chat_template``; else the tokenizer's) applied to one user message ``[video, text]``
    with ``add_generation_prompt=True``; ``<|video_pad|>`` repeated ``t*h*w / merge_size**2``
    times; right padding. M-RoPE positions computed as transformers 4.45's ``get_rope_index``
    (passed explicitly, so newer transformers' own variants are not relied upon).
@@ -424,8 +425,9 @@ class VideoAlign(Reward):
                                 f"{', '.join(needed)}.")
 
         if data_cfg.get("sample_type", "uniform") != "uniform":
-            raise UserError(f"videoalign: sample_type {data_cfg.get('sample_type')!r} is not supported (only 'uniform').")
-        self.fps = float(fps) if fps is not None else data_cfg.get("fps", 2.0)
+            raise UserError(f"videoalign: sample_type {data_cfg.get('sample_type')!r} is not supported "
+                            "(only 'uniform').")
+        self.fps = float(fps) if fps is not None else float(data_cfg.get("fps") or 2.0)  # 2.0: qwen-vl-utils FPS
         self.num_frames = num_frames if num_frames is not None else data_cfg.get("num_frames")
         if fps is not None and num_frames is not None:
             raise UserError("videoalign: give fps or num_frames, not both.")
@@ -498,16 +500,23 @@ class VideoAlign(Reward):
     # -- loading helpers ------------------------------------------------------------------------
 
     def _chat_template(self, base: Path) -> str:
-        template = getattr(self.tokenizer, "chat_template", None)
-        if template:
-            return template
+        """The chat template the reference applied: the processor's (``chat_template.json``, or
+        ``chat_template.jinja`` as newer transformers save it), else the tokenizer's."""
         for name in ("chat_template.json", "chat_template.jinja"):
             file = base / name
             if file.is_file():
                 text = file.read_text(encoding="utf-8")
-                return json.loads(text)["chat_template"] if name.endswith(".json") else text
-        raise UserError(f"videoalign: no chat template in {base} (tokenizer_config.json, chat_template.json or "
-                        "chat_template.jinja); expected the Qwen2-VL-2B-Instruct folder.")
+                if name.endswith(".jinja"):
+                    return text
+                try:
+                    return json.loads(text)["chat_template"]
+                except (ValueError, KeyError, TypeError):
+                    raise UserError(f"videoalign: {file} has no 'chat_template' string.") from None
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, str) and template:
+            return template
+        raise UserError(f"videoalign: no chat template in {base} (chat_template.json, chat_template.jinja or "
+                        "tokenizer_config.json); expected the Qwen2-VL-2B-Instruct folder.")
 
     def _load_checkpoint(self, model: torch.nn.Module, checkpoint: Path, peft_cfg: dict) -> None:
         """Load the non-LoRA tensors (incl. ``rm_head``) and merge the LoRA of ``checkpoint``."""
@@ -541,7 +550,8 @@ class VideoAlign(Reward):
                 dest.copy_(value.to(dest.dtype))
             found_head |= target == "rm_head.weight"
         if not found_head:
-            raise UserError(f"videoalign: {checkpoint} has no rm_head weight; it is not a VideoAlign reward checkpoint.")
+            raise UserError(f"videoalign: {checkpoint} has no rm_head weight; it is not a VideoAlign reward "
+                            "checkpoint.")
         if lora:
             r, scale = _lora_scale(checkpoint, peft_cfg)
             _merge_lora(model, lora, r, scale, checkpoint)
@@ -568,7 +578,8 @@ class VideoAlign(Reward):
         try:
             text = prompt if self.template is None else self.template.format(text_prompt=prompt)
         except (KeyError, IndexError, ValueError) as exc:
-            raise UserError(f"videoalign: the prompt template has a placeholder other than {{text_prompt}}: {exc!r}") from None
+            raise UserError("videoalign: the prompt template has a placeholder other than {text_prompt}: "
+                            f"{exc!r}") from None
         messages = [{"role": "user", "content": [{"type": "video", "video": "frames"}, {"type": "text", "text": text}]}]
         return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
                                                   add_generation_prompt=True)

@@ -1,0 +1,154 @@
+"""The backend trainer process: real torchrun processes, real HTTP on loopback."""
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import client
+from trainer.config import FlashGRPOConfig
+
+
+def tiny(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), sample_videos=False, eval_prompts=0, iterations=3)
+    base.update(kw)
+    return FlashGRPOConfig.from_dict(base, preset="tiny_demo")
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    c = client.launch(1, tmp_path_factory.mktemp("state"))
+    yield c
+    c.shutdown()
+
+
+def test_listens_on_loopback_only_with_a_token(backend):
+    assert backend.url.startswith("http://127.0.0.1:")
+    info = json.loads((backend.directory / "backend.json").read_text())
+    assert oct((backend.directory / "backend.json").stat().st_mode & 0o777) == "0o600"
+    assert len(info["token"]) >= 32
+    req = urllib.request.Request(backend.url + "/health")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 401
+    bad = client.BackendClient(backend.url, "wrong-token")
+    with pytest.raises(client.BackendError, match="refused the token"):
+        bad.health()
+    assert backend.health()["ok"]
+    # nothing answers on the machine's other addresses
+    port = int(backend.url.rsplit(":", 1)[1])
+    addrs = {ai[4][0] for ai in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
+    for addr in addrs:
+        with socket.socket() as s:
+            s.settimeout(1)
+            assert s.connect_ex((addr, port)) != 0
+
+
+def test_warm_backend_loads_the_model_once(backend, tmp_path):
+    cfg = tiny(tmp_path)
+    first = backend.run_job("sample", {"config": cfg.to_dict(), "prompts": ["a red ball"]})
+    loads = backend.health()["model_loads"]
+    second = backend.run_job("sample", {"config": cfg.to_dict(), "prompts": ["a cat", "a dog"]})
+    assert loads == 1 and backend.health()["model_loads"] == 1
+    assert first["videos"]["shape"] == [4, 9, 64, 64, 3] and second["videos"]["shape"] == [8, 9, 64, 64, 3]
+
+
+def test_jobs_module_dispatches_to_the_backend(backend, tmp_path, monkeypatch):
+    from trainer import jobs
+
+    monkeypatch.setattr(jobs, "_CLIENT", backend)
+    cfg = tiny(tmp_path)
+    out = jobs.sample_group(cfg, ["a red ball", "a cat"])
+    local = jobs.sample_group(cfg, ["a red ball", "a cat"], in_process=True)
+    assert out["steps"] == local["steps"]
+    assert torch.allclose(out["videos"], local["videos"], atol=1 / 255 + 1e-6)  # uint8 transport
+    scored = jobs.score_videos([{"name": "brightness"}], out["videos"], out["prompts"], 4)
+    from trainer.rewards import as_uint8
+
+    # the backend receives uint8 videos: score the same uint8 videos here
+    here = jobs.score_videos([{"name": "brightness"}], as_uint8(out["videos"]), out["prompts"], 4, in_process=True)
+    assert scored["scores"].shape == (8,)
+    assert torch.allclose(scored["scores"], here["scores"]) and torch.allclose(scored["advantages"], here["advantages"], atol=1e-4)
+
+
+def test_client_can_reattach_and_read_all_events(backend, tmp_path):
+    cfg = tiny(tmp_path, run_name="reattach")
+    job_id = backend.request("POST", "/jobs", {"kind": "train", "config": cfg.to_dict()})["job_id"]
+    # the submitting client goes away; a new one follows the same job from the start
+    other = client.BackendClient(backend.url, backend.token)
+    events = []
+    result = other.run_job("train", {}, on_event=events.append, job_id=job_id)
+    assert result["state"] == "done" and result["iterations_done"] == 3
+    assert [e["iteration"] for e in events if e["event"] == "iteration"] == [0, 1, 2]
+    assert Path(result["lora_path"]).is_file()
+
+
+def test_cancel_stops_within_an_iteration_and_leaves_a_resumable_checkpoint(backend, tmp_path):
+    cfg = tiny(tmp_path, run_name="cancel", iterations=50)
+    seen = []
+    result = backend.run_job("train", {"config": cfg.to_dict()}, on_event=seen.append,
+                             should_stop=lambda: any(e["event"] == "iteration" for e in seen))
+    assert result["state"] == "cancelled" and result["cancelled"]
+    done = result["iterations_done"]
+    assert 1 <= done <= 3  # stopped within about an iteration of the request
+    from trainer.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "cancel" / "checkpoints" / "latest.pt")["iteration"] == done
+    resumed = backend.run_job("train", {"config": {**cfg.to_dict(), "iterations": done + 2}, "resume": True})
+    assert resumed["state"] == "done" and resumed["iterations_done"] == done + 2
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int:
+    """The pid of torchrun worker ``rank`` (a child of the launcher with RANK=<rank> in its environment)."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = int(next(l.split()[1] for l in status.read_text().splitlines() if l.startswith("PPid:")))
+            environ = (status.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, StopIteration):
+            continue
+        if ppid == launcher_pid and f"RANK={rank}".encode() in environ:
+            return int(status.parent.name)
+    raise AssertionError(f"no worker with RANK={rank} under pid {launcher_pid}")
+
+
+def test_killing_a_rank_gives_a_clear_error_and_a_resumable_checkpoint(tmp_path):
+    state = tmp_path / "state2"
+    c = client.launch(2, state)
+    try:
+        cfg = tiny(tmp_path, run_name="killed", iterations=40, checkpoint_every=1)
+        seen = []
+
+        def kill_after_two():
+            if sum(e["event"] == "iteration" for e in seen) >= 2:
+                os.kill(_rank_pid(c.process.pid, 1), signal.SIGKILL)
+                seen.append({"event": "killed"})
+            return False
+
+        with pytest.raises(client.BackendError) as err:
+            c.run_job("train", {"config": cfg.to_dict()}, on_event=seen.append,
+                      should_stop=lambda: kill_after_two() if not any(e["event"] == "killed" for e in seen) else False)
+        message = str(err.value)
+        assert "rank 1" in message and "SIGKILL" in message and "resume" in message
+    finally:
+        try:
+            os.killpg(c.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    from trainer.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "killed" / "checkpoints" / "latest.pt")
+    assert ckpt["iteration"] >= 2
+    fresh = client.launch(1, tmp_path / "state3")
+    try:
+        resumed = fresh.run_job("train", {"config": {**cfg.to_dict(), "iterations": ckpt["iteration"] + 1},
+                                          "resume": True})
+        assert resumed["state"] == "done" and resumed["iterations_done"] == ckpt["iteration"] + 1
+    finally:
+        fresh.shutdown()
