@@ -30,3 +30,12 @@ def run_cli(*args, timeout=600, env=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_test_backends():
+    """Shut down a backend that in-process tests (through trainer.jobs) started."""
+    yield
+    from trainer import jobs
+
+    jobs.close()
