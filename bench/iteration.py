@@ -104,13 +104,39 @@ def machine_info() -> dict:
     }
 
 
+MODEL_SIZES = {
+    # the built-in tiny model: ~40k parameters, per-call overheads dominate
+    "tiny": {"video": {}, "transformer": None},
+    # 4 layers of width 128 at 17x128x128: big enough that compute dominates on a CPU, so the
+    # measured ratios can be compared with what counting passes predicts
+    "small": {"video": {"height": 128, "width": 128, "num_frames": 17},
+              "transformer": dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32,
+                                  in_channels=4, out_channels=4, text_dim=32, freq_dim=64, ffn_dim=512,
+                                  num_layers=4, rope_max_seq_len=64)},
+}
+MODEL_SIZE = "tiny"  # set from --model
+
+
 def make_config(overrides: dict, steps: int, group_size: int, prompts: int, output_dir: str) -> FlashGRPOConfig:
-    """The tiny-model config every measurement uses, plus a strategy's ``overrides``."""
+    """The config every measurement uses (``--model`` size), plus a strategy's ``overrides``."""
     return FlashGRPOConfig.from_dict({
         "sampling_steps": steps, "group_size": group_size, "prompts_per_iteration": prompts,
         "guidance_scale": GUIDANCE, "sample_videos": False, "eval_prompts": 2, "iterations": 10_000,
-        "output_dir": output_dir, **overrides,
+        "output_dir": output_dir, **MODEL_SIZES[MODEL_SIZE]["video"], **overrides,
     }, preset=PRESET)
+
+
+def build_pipeline(cfg: FlashGRPOConfig):
+    """A fresh pipeline of the ``--model`` size (the tiny stack, with a larger transformer for small)."""
+    pipe = build_tiny_pipeline(seed=cfg.seed, shift=cfg.shift)
+    spec = MODEL_SIZES[MODEL_SIZE]["transformer"]
+    if spec is not None:
+        from diffusers import WanTransformer3DModel
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            pipe.transformer = WanTransformer3DModel(**spec)
+    return pipe
 
 
 def median(xs: list[float]) -> float:
@@ -127,7 +153,7 @@ def bench_strategies(args, workdir: str) -> dict:
     recipes, configs = {}, {}
     for name, overrides in STRATEGIES:
         cfg = make_config(overrides, args.steps, args.group_size, args.prompts, workdir)
-        pipe = build_tiny_pipeline(seed=cfg.seed, shift=cfg.shift)  # fresh: setup adds a LoRA
+        pipe = build_pipeline(cfg)  # fresh: setup adds a LoRA
         recipes[name] = FlashGRPORecipe(cfg, run_dir=Path(workdir) / name, pipeline=pipe).setup()
         configs[name] = cfg
     for name, recipe in recipes.items():  # warm-up, iteration 0
@@ -177,7 +203,7 @@ def bench_strategies(args, workdir: str) -> dict:
 def bench_vs_diffusers(args) -> dict:
     """Median seconds of our ODE-only rollout and of ``WanPipeline`` for the same B*G videos."""
     cfg = make_config({}, args.steps, args.group_size, args.prompts, tempfile.gettempdir())
-    pipe = build_tiny_pipeline(seed=cfg.seed, shift=cfg.shift)
+    pipe = build_pipeline(cfg)
     pipe.set_progress_bar_config(disable=True)
     transformer = pipe.transformer.eval()
     n, T = cfg.group_size * cfg.prompts_per_iteration, cfg.sampling_steps
@@ -238,7 +264,7 @@ def print_report(result: dict) -> None:
     m, s = result["machine"], result["settings"]
     print(f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable, torch threads "
           f"{m['torch_threads']}), torch {m['torch']}, diffusers {m['diffusers']}, python {m['python']}")
-    print(f"settings: tiny Wan2.1, B={s['prompts']} prompts x G={s['group_size']}, T={s['steps']} steps, "
+    print(f"settings: {s['model']} Wan2.1 ({s['frames']}x{s['height']}x{s['width']}), B={s['prompts']} prompts x G={s['group_size']}, T={s['steps']} steps, "
           f"CFG {s['guidance_scale']}, {s['frames']} frames {s['height']}x{s['width']}, "
           f"median of {s['repeats']} iterations after 1 warm-up\n")
     head = (f"{'strategy':<13}{'rollout s':>10}{'reward s':>10}{'update s':>10}{'total s':>9}"
@@ -274,7 +300,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on shared cores more threads oversubscribe "
                              "them and timings vary by 10x; 0 = torch's default)")
+    parser.add_argument("--model", choices=list(MODEL_SIZES), default="small",
+                        help="tiny: the built-in model; small: a 4-layer width-128 transformer at 17x128x128 "
+                             "where compute, not per-call overhead, dominates")
     args = parser.parse_args(argv)
+    global MODEL_SIZE
+    MODEL_SIZE = args.model
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.threads > 0:
@@ -283,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"machine": machine_info()}
     cfg = make_config({}, args.steps, args.group_size, args.prompts, tempfile.gettempdir())
     result["settings"] = {
-        "preset": PRESET, "repeats": args.repeats, "steps": args.steps, "group_size": args.group_size,
+        "preset": PRESET, "model": args.model, "repeats": args.repeats, "steps": args.steps, "group_size": args.group_size,
         "prompts": args.prompts, "guidance_scale": cfg.guidance_scale, "frames": cfg.num_frames,
         "height": cfg.height, "width": cfg.width, "reference": STRATEGIES[0][0],
         "torch_threads": torch.get_num_threads(),

@@ -11,7 +11,7 @@ from conftest import run_cli
 from trainer.config import FlashGRPOConfig
 from trainer.strategies import expected_passes
 
-SMALL = ["--repeats", "1", "--steps", "6", "--group-size", "2", "--prompts", "1"]
+SMALL = ["--model", "tiny", "--repeats", "1", "--steps", "6", "--group-size", "2", "--prompts", "1"]
 EXPECTED_ROWS = {
     "flash": ("flash", False),
     "flash_shared": ("flash", True),

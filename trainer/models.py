@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .data import DEFAULT_PROMPTS
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -24,16 +25,8 @@ log = logging.getLogger(__name__)
 TINY_MODEL = "tiny"
 """The ``model`` value that selects the built-in tiny random-initialised Wan model."""
 
-# Sentences the tiny tokenizer is trained on: enough pieces to tell prompts apart.
-_TINY_CORPUS = [
-    "a red ball rolls to the left on a white background",
-    "a blue square moves up slowly over a dark floor",
-    "a green triangle spins fast in the bright sky",
-    "a yellow cat runs across the grass at sunset",
-    "a black dog jumps over a small fence in the rain",
-    "an orange car drives down a long empty road at night",
-    "a purple flower opens in the morning light",
-    "waves crash on a sandy beach under a grey cloudy sky",
+# Sentences the tiny tokenizer is trained on: the demo prompts and a few more.
+_TINY_CORPUS = DEFAULT_PROMPTS + [
     "a person walks through a busy city street",
     "snow falls on a quiet forest of tall pine trees",
 ]

@@ -644,17 +644,19 @@ class ClipScore(_ClipFrameReward):
     ``preprocessor_config.json`` (default ``path``). See :mod:`trainer.rewards.models`.
     """
 
+    EXPECT = "a transformers CLIPModel folder (config.json + model.safetensors), e.g. openai/clip-vit-large-patch14"
+    PROCESSOR_HINT = "Pass processor_path=<folder of the model's CLIPProcessor>."
+
     def __init__(self, path: str, processor_path: str | None = None, every: int = 1, aggregate: str = "mean",
                  top_p: float = 0.3, batch_size: int = 32, device: str = "auto", dtype: str = "auto",
                  text_cache_size: int = 4096):
         super().__init__(every, aggregate, top_p, batch_size)
         self._setup(device, dtype, text_cache_size)
-        expect = "a transformers CLIPModel folder (config.json + model.safetensors), e.g. openai/clip-vit-large-patch14"
-        folder = _existing_path(path, self.name, "path", expect)
+        folder = _existing_path(path, self.name, "path", self.EXPECT)
         proc = _processor_folder(folder, processor_path, self.name)
         self.model = load_clip_model(folder, self.name, "path", self.device, self.dtype)
         self.tokenizer = load_clip_tokenizer(proc, self.name, "processor_path" if processor_path else "path",
-                                             "Pass processor_path=<folder of the model's CLIPProcessor>.")
+                                             self.PROCESSOR_HINT)
         self.preprocess = clip_processor_preprocess(proc, self.model.config.vision_config.image_size)
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -662,27 +664,17 @@ class ClipScore(_ClipFrameReward):
 
 
 @register_reward("pickscore")
-class PickScore(_ClipFrameReward):
+class PickScore(ClipScore):
     """PickScore per frame: ``logit_scale.exp() * cos(image, text)`` (PickScore's README).
 
     ``path``: the PickScore_v1 CLIPModel folder; ``processor_path``: the
     CLIP-ViT-H-14-laion2B-s32B-b79K folder (default ``path``). See :mod:`trainer.rewards.models`.
     """
 
-    def __init__(self, path: str, processor_path: str | None = None, every: int = 1, aggregate: str = "mean",
-                 top_p: float = 0.3, batch_size: int = 32, device: str = "auto", dtype: str = "auto",
-                 text_cache_size: int = 4096):
-        super().__init__(every, aggregate, top_p, batch_size)
-        self._setup(device, dtype, text_cache_size)
-        expect = "the PickScore_v1 transformers CLIPModel folder (config.json + model.safetensors)"
-        folder = _existing_path(path, self.name, "path", expect)
-        proc = _processor_folder(folder, processor_path, self.name)
-        self.model = load_clip_model(folder, self.name, "path", self.device, self.dtype)
-        self.tokenizer = load_clip_tokenizer(
-            proc, self.name, "processor_path" if processor_path else "path",
-            "PickScore uses the processor of laion/CLIP-ViT-H-14-laion2B-s32B-b79K: pass "
-            "processor_path=<that folder>.")
-        self.preprocess = clip_processor_preprocess(proc, self.model.config.vision_config.image_size)
+    name = "pickscore"
+    EXPECT = "the PickScore_v1 transformers CLIPModel folder (config.json + model.safetensors)"
+    PROCESSOR_HINT = ("PickScore uses the processor of laion/CLIP-ViT-H-14-laion2B-s32B-b79K: pass "
+                      "processor_path=<that folder>.")
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return self.model.logit_scale.float().exp() * self.cosine(frames, prompts)
