@@ -621,6 +621,14 @@ class FlashGRPORecipe:
             except Cancelled:
                 cancelled = True
                 break
+            except Exception as e:  # e.g. a reward server that stays down: keep the work done so far
+                self.save_checkpoint(done)
+                if self.dist.is_main:
+                    self.events.write({"event": "error", "iteration": done, "error": f"{type(e).__name__}: {e}"})
+                if isinstance(e, UserError):
+                    raise UserError(f"{e}\nThe run stopped after {done} iterations; its checkpoint is in "
+                                    f"{self.run_dir}. Fix the cause, then resume.") from e
+                raise
             done = it + 1
             emit(event)
             if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
