@@ -262,7 +262,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny_demo": dict(
         model="tiny", device="cpu", dtype="float32", height=64, width=64, num_frames=9,
         sampling_steps=10, eval_sampling_steps=10, group_size=4, prompts_per_iteration=2,
-        lora_rank=4, lora_alpha=8.0, learning_rate=3e-3, clip_range=0.2, iterations=30,
+        lora_rank=4, lora_alpha=8.0, learning_rate=2e-2, clip_range=0.2, iterations=30,
         max_sequence_length=32, ema_decay=0.0,
     ),
 }

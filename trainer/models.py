@@ -23,7 +23,7 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 TINY_MODEL = "tiny"
-"""The ``model`` value that selects the built-in tiny random-initialised Wan model."""
+"""The ``model`` value that selects the built-in tiny Wan model (random transformer, trained tiny VAE)."""
 
 # Sentences the tiny tokenizer is trained on: the demo prompts and a few more.
 _TINY_CORPUS = DEFAULT_PROMPTS + [
@@ -39,7 +39,7 @@ TINY_CONFIG = {
     "vae": dict(
         base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
         temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
-    ),
+    ),  # the architecture of the shipped trained VAE (its config.json holds the real latent stats)
     "text_encoder": dict(
         d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
     ),
@@ -78,11 +78,16 @@ def make_scheduler(shift: float):
 
 
 def build_tiny_pipeline(seed: int = 0, shift: float = 3.0):
-    """Build the tiny random-initialised Wan2.1 stack (about 40k transformer parameters).
+    """Build the tiny Wan2.1 stack (about 40k transformer parameters).
 
     Deterministic for a given ``seed``; offline; well under a second after imports. The
     architecture is the real one (diffusers ``WanTransformer3DModel``, ``AutoencoderKLWan``,
-    transformers ``UMT5EncoderModel``), only the widths and depths are small.
+    transformers ``UMT5EncoderModel``), only the widths and depths are small. The text encoder and
+    transformer are random-initialised from ``seed``. The VAE is the trained one shipped in
+    ``trainer/assets/tiny_vae`` (written by ``python -m trainer.toy``; its config carries the real
+    ``latents_mean``/``latents_std``), so decoded colours and brightness follow the latents and
+    pixel rewards can be moved by training; if that folder is missing it falls back, with a
+    warning, to a random VAE whose decoder barely reacts to its latents.
     """
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -94,7 +99,16 @@ def build_tiny_pipeline(seed: int = 0, shift: float = 3.0):
             UMT5Config(vocab_size=len(tokenizer), **TINY_CONFIG["text_encoder"])
         ).eval()
         transformer = WanTransformer3DModel(**TINY_CONFIG["transformer"])
-        vae = AutoencoderKLWan(**TINY_CONFIG["vae"]).eval()
+        vae_dir = Path(__file__).parent / "assets" / "tiny_vae"
+        if (vae_dir / "config.json").is_file():
+            vae = AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval()
+        else:
+            log.warning(
+                "trained tiny VAE not found at %s; using a random-initialised one (decoded pixels "
+                "will barely follow the latents). Recreate it with: python -m trainer.toy",
+                vae_dir,
+            )
+            vae = AutoencoderKLWan(**TINY_CONFIG["vae"]).eval()
     return WanPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
         scheduler=make_scheduler(shift),

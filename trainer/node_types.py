@@ -247,8 +247,8 @@ class FlashGRPOGroupSampler:
             "model": ("FLASH_MODEL", {"tooltip": "From a Flash-GRPO model source."}),
             "prompts": ("FLASH_PROMPTS", {"tooltip": "From Flash-GRPO Prompts; the first num_prompts are sampled."}),
             "num_prompts": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "How many prompts of the set to sample."}),
-            "group_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Videos per prompt (G)."}),
-            "preset": (list(PRESETS), {"default": "tiny_demo", "tooltip":
+            "group_size": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": "Videos per prompt (G)."}),
+            "preset": (list(PRESETS), {"default": "flash_grpo_wan2.1_1.3b", "tooltip":
                 "Resolution, frames, steps, CFG and noise settings, as in the trainer."}),
             "iteration": ("INT", {"default": 0, "min": 0, "max": 10**6, "tooltip":
                 "Which training iteration's step k and noise to reproduce (with the seed)."}),
@@ -336,7 +336,7 @@ class FlashGRPORewardScorer:
     def INPUT_TYPES(cls):
         return {"required": {
             "reward": ("FLASH_REWARD", {"tooltip": "From Flash-GRPO Reward."}),
-            "group_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip":
+            "group_size": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip":
                 "Videos per group (G); consecutive videos form a group."}),
             "std_mode": (["group", "global"], {"default": "group", "tooltip":
                 "Normalise advantages by each group's std or by the std over all videos."}),
@@ -411,18 +411,18 @@ class FlashGRPOTrainer:
                 "model": ("FLASH_MODEL", {"tooltip": "From a Flash-GRPO model source."}),
                 "prompts": ("FLASH_PROMPTS", {"tooltip": "From Flash-GRPO Prompts."}),
                 "reward": ("FLASH_REWARD", {"tooltip": "From Flash-GRPO Reward (chain several to sum)."}),
-                "preset": (list(PRESETS), {"default": "tiny_demo", "tooltip":
+                "preset": (list(PRESETS), {"default": "flash_grpo_wan2.1_1.3b", "tooltip":
                     "Base values for every setting not on this node (resolution, steps, CFG, ...)."}),
                 "strategy": (list(STRATEGIES), {"default": "flash", "tooltip":
                     "flash = Flash-GRPO (one SDE step per prompt); flow_grpo = full trajectory; dance = "
                     "DanceGRPO; mixgrpo = sliding window."}),
-                "iterations": ("INT", {"default": 30, "min": 1, "max": 100000, "tooltip": "Training iterations."}),
-                "prompts_per_iteration": ("INT", {"default": 2, "min": 1, "max": 1024, "tooltip":
+                "iterations": ("INT", {"default": 300, "min": 1, "max": 100000, "tooltip": "Training iterations."}),
+                "prompts_per_iteration": ("INT", {"default": 8, "min": 1, "max": 1024, "tooltip":
                     "Prompts per iteration (over all GPUs)."}),
-                "group_size": ("INT", {"default": 4, "min": 2, "max": 64, "tooltip": "Videos sampled per prompt."}),
-                "learning_rate": ("FLOAT", {"default": 3e-3, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
+                "group_size": ("INT", {"default": 8, "min": 2, "max": 64, "tooltip": "Videos sampled per prompt."}),
+                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                             "tooltip": "AdamW learning rate of the LoRA."}),
-                "lora_rank": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "LoRA rank (alpha = 2 x rank)."}),
+                "lora_rank": ("INT", {"default": 16, "min": 1, "max": 256, "tooltip": "LoRA rank (alpha = 2 x rank)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
                                  "tooltip": "Seed of the whole run (plans, noise, prompt order)."}),
                 "run_name": ("STRING", {"default": "", "tooltip":
