@@ -20,7 +20,7 @@ from .config import FlashGRPOConfig
 from .errors import UserError
 from .grpo import group_advantages
 from .models import load_pipeline
-from .recipe import FlashGRPORecipe, RunResult
+from .recipe import FlashGRPORecipe, RunResult, resolve_device_and_dtype
 from .rewards import build_reward_set
 
 
@@ -74,18 +74,18 @@ def drop_warm_pipeline() -> None:
 
 
 def warm_pipeline(cfg: FlashGRPOConfig):
-    """The pipeline for ``cfg``'s model, loaded once per process and kept (the warm model)."""
-    recipe = FlashGRPORecipe(cfg)
-    recipe._setup_device()
-    key = (cfg.model, str(recipe.dtype), cfg.seed if cfg.model == "tiny" else None)
+    """The pipeline for ``cfg``'s model, loaded once per process and kept (the warm model).
+
+    The engine takes its sigma grid from ``cfg.shift``, so one loaded pipeline serves any shift.
+    """
+    global MODEL_LOADS
+    _, dtype = resolve_device_and_dtype(cfg)
+    key = (cfg.model, str(dtype), cfg.seed if cfg.model == "tiny" else None)
     if key not in _PIPELINES:
-        global MODEL_LOADS
         _PIPELINES.clear()  # keep one model in memory
-        _PIPELINES[key] = load_pipeline(cfg.model, shift=cfg.shift, dtype=recipe.dtype, seed=cfg.seed)
+        _PIPELINES[key] = load_pipeline(cfg.model, shift=cfg.shift, dtype=dtype, seed=cfg.seed)
         MODEL_LOADS += 1
-    pipe = _PIPELINES[key]
-    pipe.scheduler.register_to_config(flow_shift=float(cfg.shift))
-    return pipe
+    return _PIPELINES[key]
 
 
 def run_training(cfg: FlashGRPOConfig, resume: bool = False, gpus: int = 1,

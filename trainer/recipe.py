@@ -69,6 +69,16 @@ def sample_noise(seed: int, iteration: int, sample: int, step: int, shape: tuple
     return torch.randn(shape, generator=g)
 
 
+def resolve_device_and_dtype(cfg: FlashGRPOConfig) -> tuple[bool, torch.dtype]:
+    """``(use_cuda, dtype)`` for ``cfg.device`` / ``cfg.dtype`` ("auto": CUDA and bfloat16 when a GPU is visible)."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or cpu.")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.dtype == "auto":
+        return use_cuda, torch.bfloat16 if use_cuda else torch.float32
+    return use_cuda, {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+
+
 @dataclass
 class IterationBatch:
     """What the rollout phase of an iteration hands to the reward and update phases."""
@@ -121,17 +131,10 @@ class FlashGRPORecipe:
         return self
 
     def _setup_device(self) -> None:
-        cfg = self.cfg
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or cpu.")
-        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        use_cuda, self.dtype = resolve_device_and_dtype(self.cfg)
         if use_cuda and self.dist.enabled:
             torch.cuda.set_device(self.dist.local_rank)
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
-        if cfg.dtype == "auto":
-            self.dtype = torch.bfloat16 if use_cuda else torch.float32
-        else:
-            self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
 
     def _setup_model(self) -> None:
         cfg = self.cfg
@@ -457,7 +460,7 @@ class FlashGRPORecipe:
             "reward_std": float(rewards_global.std(unbiased=False)),
             "rewards": {k: {"mean": float(v.mean()), "std": float(v.std(unbiased=False))} for k, v in details_global.items()},
             "groups_with_signal": int(signal.view(B, G)[:, 0].sum()),
-            "steps": plan.group_steps if plan.group_steps is not None else None,
+            "steps": plan.group_steps,
             "transitions": int(self.dist.all_reduce_sum(torch.tensor(result.trans_step.numel(), device=self.device))),
             "forward_rows": result.forward_rows,
             **stats,
