@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   - trains the built-in tiny Wan model with Flash-GRPO on CPU (workflows/demo.json)
+#   make demo   - aligns the shipped toy Wan model with Flash-GRPO on CPU (workflows/demo.json)
 #   make test   - runs the test suite
 # Both create .venv and install what they need. On a machine without an NVIDIA GPU the CPU build
 # of torch is installed first; on a CUDA machine pip's default (CUDA) torch is used.
@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-alignment clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ test: setup
 
 bench: setup
 	$(PY) -m bench.iteration
+
+bench-alignment: setup
+	$(PY) -m bench.alignment
 
 clean:
 	rm -rf $(VENV) runs bench/out

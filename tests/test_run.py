@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from safetensors import safe_open
@@ -29,12 +30,12 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_a_complete_run_directory(demo_run):
     run_dir, proc = demo_run
     assert "LoRA:" in proc.stdout
-    for rel in ["config.json", "events.jsonl", "summary.json", "reward_curve.png",
+    for rel in ["config.json", "events.jsonl", "summary.json", "reward_curve.png", "samples/before_after.png",
                 "samples/before_00.mp4", "samples/after_00.mp4", "checkpoints/latest.pt", "lora/demo.safetensors"]:
         assert (run_dir / rel).is_file() and (run_dir / rel).stat().st_size > 0, rel
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     its = [e for e in events if e["event"] == "iteration"]
-    assert [e["iteration"] for e in its] == list(range(30))
+    assert [e["iteration"] for e in its] == list(range(60))
     for field in ["reward_mean", "reward_std", "rewards", "loss", "clip_frac", "approx_kl", "grad_norm",
                   "steps", "rect_weights", "seconds"]:
         assert field in its[0], field
@@ -49,6 +50,26 @@ def test_demo_reward_rises(demo_run):
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["reward_last"] > summary["reward_first"]
+
+
+def test_demo_moves_the_held_out_objects_to_the_asked_position(demo_run):
+    """The demo rewards toy_position on captions asking for "on the left": the held-out videos
+    after training must show it, read from the mp4 files a person would watch."""
+    import imageio.v3 as iio
+
+    from trainer import toy_world
+
+    run_dir, _ = demo_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    before, after = summary["before"]["eval_rewards"], summary["after"]["eval_rewards"]
+    assert sum(after) / len(after) > sum(before) / len(before) + 0.1, (before, after)
+    read = {}
+    for tag in ("before", "after"):
+        videos = [iio.imread(run_dir / "samples" / f"{tag}_{i:02d}.mp4") for i in range(len(before))]
+        frames = torch.from_numpy(numpy.stack(videos)).float() / 255
+        read[tag] = [r["position"] for r in toy_world.read_attributes(frames)]
+    assert all(p == "left" for p in read["after"]), read
+    assert any(p != "left" for p in read["before"]), read  # a visible change, not a model already right
 
 
 def test_demo_videos_are_real_mp4(demo_run):
@@ -68,7 +89,7 @@ def test_demo_lora_file_format_and_metadata(demo_run):
         alphas = [f.get_tensor(k) for k in keys if k.endswith(".alpha")]
     assert keys and all(KEY.match(k) for k in keys)
     assert all(a.ndim == 0 and float(a) == 8.0 for a in alphas)
-    assert meta["strategy"] == "flash" and meta["iterations"] == "30" and meta["trainer"] == "flash-grpo"
+    assert meta["strategy"] == "flash" and meta["iterations"] == "60" and meta["trainer"] == "flash-grpo"
     assert len(meta["base_model_hash"]) == 16
     assert json.loads(meta["config"])["lora_rank"] == 4
     assert json.loads(meta["rewards"])[0]["name"]
@@ -77,10 +98,10 @@ def test_demo_lora_file_format_and_metadata(demo_run):
 def test_demo_lora_loads_in_diffusers_and_changes_the_output(demo_run):
     from diffusers.utils import logging as dlogging
 
-    from trainer.models import build_tiny_pipeline
+    from trainer.models import load_pipeline
 
     run_dir, _ = demo_run
-    pipe = build_tiny_pipeline(seed=0)
+    pipe = load_pipeline("toy")
     x = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     emb = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([700.0])

@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 TINY_MODEL = "tiny"
 """The ``model`` value that selects the built-in tiny Wan model (random transformer, trained tiny VAE)."""
 
+TOY_MODEL = "toy"
+"""The ``model`` value that selects the shipped pretrained toy Wan model (``TOY_MODEL_DIR``)."""
+
+TOY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "toy_wan"
+"""A diffusers Wan folder trained on the toy world by ``python -m trainer.toy_model``; it follows
+captions such as "a small red circle on the left moves up slowly on a black background"."""
+
+
+def resolve_model(model: str) -> str:
+    """``model`` with the built-in name ``"toy"`` replaced by its folder (everything else unchanged)."""
+    return str(TOY_MODEL_DIR) if model == TOY_MODEL else model
+
 # Sentences the tiny tokenizer is trained on: the demo prompts and a few more.
 _TINY_CORPUS = DEFAULT_PROMPTS + [
     "a person walks through a busy city street",
@@ -381,12 +393,14 @@ def load_comfy_files(transformer_path: str | os.PathLike, vae_path: str | os.Pat
 
 
 def load_pipeline(model: str, shift: float = 3.0, dtype: torch.dtype = torch.float32, seed: int = 0):
-    """Load any ``model`` value: ``"tiny"`` (the built-in model), a local diffusers Wan2.1 T2V
+    """Load any ``model`` value: ``"tiny"`` (the built-in model), ``"toy"`` (the shipped
+    pretrained toy model, a diffusers folder loaded like any other), a local diffusers Wan2.1 T2V
     folder, or a manifest of ComfyUI model files (a path ending in ``COMFY_MODEL_SUFFIX``, written
     by ``write_comfy_manifest``). Raises ``UserError`` naming what is missing and how to fix it."""
     if model == TINY_MODEL:
         return build_tiny_pipeline(seed=seed, shift=shift)
-    if str(model).endswith(COMFY_MODEL_SUFFIX) and str(model).endswith(COMFY_MODEL_SUFFIX):
+    model = resolve_model(model)
+    if str(model).endswith(COMFY_MODEL_SUFFIX):
         path = Path(os.path.expanduser(model))
         if not path.is_file():
             raise UserError(f"ComfyUI model manifest not found: {path}")

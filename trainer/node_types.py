@@ -28,7 +28,7 @@ from pathlib import Path
 from . import host
 from .config import PRESETS, STRATEGIES, FlashGRPOConfig
 from .errors import UserError
-from .models import COMFY_MODEL_SUFFIX, CONFIGS_DIR, TINY_MODEL, write_comfy_manifest
+from .models import COMFY_MODEL_SUFFIX, CONFIGS_DIR, TINY_MODEL, resolve_model, write_comfy_manifest
 from .rewards import available_rewards, build_reward_set
 
 CATEGORY = "Flash-GRPO"
@@ -42,7 +42,7 @@ def _check_model(model: str) -> None:
     """Fail early (before any heavy work) when a model folder is missing or malformed."""
     if model == TINY_MODEL:
         return
-    path = Path(os.path.expanduser(model))
+    path = Path(os.path.expanduser(resolve_model(model)))
     if model.endswith(COMFY_MODEL_SUFFIX):
         if not path.is_file():
             raise UserError(f"ComfyUI model manifest not found: {path}")
@@ -91,7 +91,9 @@ class FlashGRPOModelSource:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("STRING", {"default": TINY_MODEL, "tooltip":
-                "'tiny' for the built-in test model, or the path of a local diffusers Wan2.1 T2V "
+                "'tiny' for the built-in test model, 'toy' for the shipped pretrained toy model "
+                "(it follows captions like 'a small red circle on the left moves up slowly on a "
+                "black background'), or the path of a local diffusers Wan2.1 T2V "
                 "folder (e.g. Wan2.1-T2V-1.3B-Diffusers). Headless, --model or FLASH_GRPO_MODEL override it."}),
             **_hardware_inputs(),
         }}

@@ -42,7 +42,7 @@ from .grpo import clipped_surrogate, group_advantages, kl_to_reference
 from .models import COMFY_MODEL_SUFFIX, load_pipeline, weights_hash
 from .rewards import build_reward_set
 from .rollout import Conditioning, RolloutResult, rollout, transition_log_prob
-from .runlog import EventLog, atomic_write_json, plot_reward_curve, write_mp4
+from .runlog import EventLog, atomic_write_json, plot_reward_curve, write_before_after, write_mp4
 from .strategies import StepPlan, make_plan
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ class FlashGRPORecipe:
         if self.device.type == "cuda" and cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self._embeddings: dict[str, torch.Tensor] = {}
+        self._samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # tag -> held-out (videos, scores)
 
     def _setup_lora(self) -> None:
         cfg = self.cfg
@@ -592,16 +593,28 @@ class FlashGRPORecipe:
 
     # ------------------------------------------------------------------------------ loop ----
     def _write_samples(self, tag: str) -> dict:
-        """Before/after videos of the held-out prompts, and their reward."""
+        """Before/after videos of the held-out prompts, and their reward.
+
+        ``"after"`` also writes ``samples/before_after.png``, both side by side (the "before"
+        videos are the base model's, sampled again when a resumed run no longer holds them).
+        """
         if not self.prompts.eval:
             return {}
         with self.ema_weights() if tag == "after" else contextlib.nullcontext():
             videos = self.sample(self.prompts.eval)
         scores = self.reward_fn(videos, self.prompts.eval).scores
+        self._samples[tag] = (videos, scores)
         if self.dist.is_main and self.cfg.sample_videos:
+            as_uint8 = lambda v: (v.numpy() * 255).round().astype("uint8")  # noqa: E731
             for i, v in enumerate(videos):
-                write_mp4(self.run_dir / "samples" / f"{tag}_{i:02d}.mp4",
-                          (v.numpy() * 255).round().astype("uint8"), fps=self.cfg.fps)
+                write_mp4(self.run_dir / "samples" / f"{tag}_{i:02d}.mp4", as_uint8(v), fps=self.cfg.fps)
+            if tag == "after":
+                if "before" not in self._samples:
+                    base = self.sample(self.prompts.eval, lora=False)
+                    self._samples["before"] = (base, self.reward_fn(base, self.prompts.eval).scores)
+                (v0, s0), (v1, s1) = self._samples["before"], self._samples["after"]
+                write_before_after(self.run_dir / "samples" / "before_after.png", self.prompts.eval,
+                                   as_uint8(v0), as_uint8(v1), s0.tolist(), s1.tolist())
         return {"eval_reward_mean": float(scores.mean()), "eval_rewards": scores.tolist()}
 
     def train(self, should_stop: Callable[[], bool] = lambda: False,

@@ -130,3 +130,45 @@ def plot_reward_curve(events: list[dict], path: str | Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def write_contact_sheet(path: str | Path, blocks: list[tuple[str, list[tuple[str, np.ndarray]]]],
+                        frames: int = 5, scale: int = 2) -> None:
+    """A PNG of videos as rows of ``frames`` evenly spaced frames, enlarged ``scale`` x (nearest).
+
+    ``blocks``: ``(title, rows)`` pairs; each row is ``(label, video uint8 [T, H, W, 3])``, all of
+    one size. Each block prints its title (e.g. the prompt) above its rows.
+    """
+    from PIL import Image, ImageDraw
+
+    t, h, w, _ = blocks[0][1][0][1].shape
+    idx = np.linspace(0, t - 1, min(frames, t)).round().astype(int)
+    fh, fw, text_h, label_w, gap = h * scale, w * scale, 14, 120, 2
+    width = label_w + len(idx) * (fw + gap)
+    heights = [text_h + len(rows) * (fh + gap) + 6 for _, rows in blocks]
+    sheet = Image.new("RGB", (width, sum(heights)), (215, 215, 215))  # light gray: white clips show
+    draw = ImageDraw.Draw(sheet)
+    top = 0
+    for (title, rows), height in zip(blocks, heights):
+        draw.text((2, top + 1), title[: width // 6], fill=(0, 0, 0))
+        for r, (label, video) in enumerate(rows):
+            y = top + text_h + r * (fh + gap)
+            draw.text((2, y + fh // 2 - 6), label, fill=(0, 0, 0))
+            for j, f in enumerate(idx):
+                sheet.paste(Image.fromarray(video[f]).resize((fw, fh), Image.NEAREST), (label_w + j * (fw + gap), y))
+        top += height
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    sheet.save(tmp)
+    os.replace(tmp, path)
+
+
+def write_before_after(path: str | Path, prompts: list[str], before: np.ndarray, after: np.ndarray,
+                       scores_before: list[float], scores_after: list[float]) -> None:
+    """Contact sheet of held-out prompts: per prompt the video before training and after, with
+    their rewards. ``before``/``after``: uint8 ``[N, T, H, W, 3]``."""
+    write_contact_sheet(path, [
+        (p, [(f"before: {s0:.3f}", v0), (f"after: {s1:.3f}", v1)])
+        for p, v0, v1, s0, s1 in zip(prompts, before, after, scores_before, scores_after)
+    ])

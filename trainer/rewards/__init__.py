@@ -12,7 +12,8 @@ Typical use::
 Importing this package registers the weight-free rewards of :mod:`trainer.rewards.simple`
 (``jpeg_compressibility``, ``jpeg_incompressibility``, ``temporal_flickering``, ``brightness``,
 ``color``), of :mod:`trainer.rewards.motion` (``motion``, ``subject_consistency``), the offline
-OCR reward of :mod:`trainer.rewards.ocr` (``ocr``) and the HTTP client of
+OCR reward of :mod:`trainer.rewards.ocr` (``ocr``), the exact toy-world rewards of
+:mod:`trainer.rewards.toy_world` (``toy_caption``, ``toy_colour``, ``toy_direction``, ...) and the HTTP client of
 :mod:`trainer.rewards.remote` (``remote``; serve with ``python -m trainer.rewards.serve``).
 The model rewards loaded from local weights register too: :mod:`trainer.rewards.models`
 (``clip_score``, ``pickscore``, ``hpsv2``, ``aesthetic``; scored per frame with the frame
@@ -38,6 +39,7 @@ from . import simple  # noqa: F401  (registers the weight-free rewards)
 from . import models, videoalign  # noqa: F401  (register the model rewards; transformers loads lazily)
 from .frames import FrameReward, aggregate_frame_scores, frame_indices
 from . import motion, ocr, remote  # noqa: F401  (register motion, subject_consistency, ocr, remote)
+from . import toy_world  # noqa: F401  (registers toy_caption and toy_<attribute>)
 # These three load the installed reward plugins (entry points) on first use, then call base's.
 from .plugins import available_rewards, build_reward, build_reward_set, load_plugins
 from .remote import RewardServerError

@@ -1,0 +1,64 @@
+"""The equal-compute alignment benchmark (bench/alignment.py) on the tiny model, in-process."""
+
+import json
+
+import torch
+
+BUDGET = 600  # FE: 3 flash iterations (208 FE each) against 2 flow_grpo iterations (592 FE each)
+
+
+def test_alignment_benchmark_equal_compute(tmp_path, capsys):
+    from bench import alignment
+
+    threads = torch.get_num_threads()
+    try:
+        result = alignment.main([
+            "--preset", "tiny_demo", "--model", "tiny", "--reward", "brightness",
+            "--strategies", "flash,flow_grpo", "--seeds", "0,1", "--budget", str(BUDGET),
+            "--eval-every", "300", "--jobs", "1", "--threads", "1", "--out", str(tmp_path),
+        ])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+
+    # outputs
+    assert (tmp_path / "alignment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "curves.json").read_text())
+    md = (tmp_path / "alignment.md").read_text()
+    for text in (md, printed):
+        assert "| strategy | iterations |" in text and "| flash |" in text and "| flow_grpo |" in text
+        assert "python -m bench.alignment --preset tiny_demo" in text
+    assert data["summary"] == json.loads(json.dumps(result["summary"]))
+    runs = {(r["strategy"], r["seed"]): r for r in data["runs"]}
+    assert set(runs) == {("flash", 0), ("flash", 1), ("flow_grpo", 0), ("flow_grpo", 1)}
+
+    start_heldout = set()
+    for (strategy, seed), run in runs.items():
+        its = run["iterations"]
+        assert run["config"]["strategy"] == strategy and run["config"]["seed"] == seed
+        # the budget: the last iteration started below it, the run ended at or above it
+        assert run["final_compute"] >= BUDGET
+        assert its[-1]["compute_start"] < BUDGET
+        assert its[0]["compute_start"] == 0
+        assert all(a["compute_end"] == b["compute_start"] for a, b in zip(its, its[1:]))
+        assert its[-1]["compute_end"] == run["final_compute"]
+        # the counted FE agree with the recipe's own counters (CFG = 2 rows, backward = 2 forwards;
+        # flash and flow_grpo without shared noise: one input state per trained transition)
+        for it in its:
+            assert it["rollout_fe"] == 2 * it["forward_rows"]
+            assert it["update_fe"] == 3 * 2 * it["transitions"]
+        # held-out evaluations at compute 0 and at the end
+        held = run["heldout"]
+        assert held[0]["compute"] == 0 and held[0]["iterations"] == 0
+        assert held[-1]["compute"] == run["final_compute"] and held[-1]["iterations"] == len(its)
+        assert len(held[0]["scores"]) == data["settings"]["eval_prompts"]
+        start_heldout.add(round(held[0]["mean"], 6))
+    # every run starts from the same base model and the same held-out prompts and noise
+    assert len(start_heldout) == 1
+    # equal compute: the cheap strategy does more iterations
+    for seed in (0, 1):
+        assert len(runs[("flash", seed)]["iterations"]) > len(runs[("flow_grpo", seed)]["iterations"])
+    # the seed changes the rollouts
+    assert runs[("flash", 0)]["iterations"][0]["reward_mean"] != runs[("flash", 1)]["iterations"][0]["reward_mean"]
+    rows = {r["strategy"]: r for r in data["summary"]}
+    assert rows["flash"]["iterations"] > rows["flow_grpo"]["iterations"]

@@ -1,0 +1,96 @@
+"""Exact rewards of the toy world (``trainer.toy_world``): does the video show what the caption asks?
+
+Registered names (float videos, higher is better, 0..1):
+
+* ``toy_colour``, ``toy_shape``, ``toy_size``, ``toy_position``, ``toy_direction``,
+  ``toy_speed``, ``toy_background``: the probability that ``trainer.toy_world.attribute_probs``
+  gives the choice the prompt asks for that attribute (0 when no object shows). Every prompt must
+  state the attribute (``UserError`` otherwise).
+* ``toy_caption``: the mean of those probabilities over the attributes each prompt states.
+  Details: each attribute stated by every prompt (its probability) and ``accuracy``, the fraction
+  of stated attributes whose exact reading (the argmax) is the asked choice.
+
+They read pixels only (``trainer.toy_world.measure``), so they score any video, not only the toy
+model's; weight them like any other reward, e.g.
+``[{"name": "toy_colour", "weight": 1}, {"name": "toy_direction", "weight": 0.5}]``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import toy_world
+from ..errors import UserError
+from .base import Reward, RewardOutput, register_reward
+
+_EXAMPLE = toy_world.caption({
+    "size": "small", "colour": "red", "shape": "circle", "position": "left", "direction": "up",
+    "speed": "slow", "background": "black",
+})
+
+
+class ToyWorldReward(Reward):
+    """Probability that the video shows the caption's choice of ``attributes`` (their mean)."""
+
+    input_format = "float"
+
+    def __init__(self, attributes: tuple[str, ...] | None = None):
+        self.attributes = tuple(attributes) if attributes else toy_world.ATTRIBUTES
+        self.single = attributes is not None and len(self.attributes) == 1
+
+    def _asked(self, prompts: list[str]) -> list[dict[str, str]]:
+        """Per prompt, the choices it asks for among ``self.attributes``; UserError if none."""
+        asked = []
+        for p in prompts:
+            parsed = {a: c for a, c in toy_world.parse_caption(p).items() if a in self.attributes}
+            if not parsed:
+                what = f"no {self.attributes[0]}" if self.single else f"none of {', '.join(self.attributes)}"
+                raise UserError(f"{self.name}: the prompt {p!r} states {what}. This reward scores "
+                                f"toy-world captions such as {_EXAMPLE!r}.")
+            asked.append(parsed)
+        return asked
+
+    def score(self, videos: torch.Tensor, prompts: list[str]) -> RewardOutput:
+        asked = self._asked(prompts)
+        probs = toy_world.attribute_probs(toy_world.measure(videos.cpu()))
+        n = len(prompts)
+        total, correct, count = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+        per_attr = {a: torch.full((n,), float("nan")) for a in self.attributes}
+        for i, wanted in enumerate(asked):
+            for attr, choice in wanted.items():
+                k = toy_world.CHOICES[attr].index(choice)
+                p = probs[attr][i]
+                per_attr[attr][i] = p[k]
+                total[i] += p[k]
+                correct[i] += float(p.sum() > 0 and int(p.argmax()) == k)
+                count[i] += 1
+        scores = total / count
+        if self.single:
+            return RewardOutput(scores)
+        details = {a: v for a, v in per_attr.items() if not v.isnan().any()}
+        details["accuracy"] = correct / count
+        return RewardOutput(scores, details)
+
+
+@register_reward("toy_caption")
+def toy_caption() -> Reward:
+    """Mean probability over all attributes each prompt states (details: each one, ``accuracy``)."""
+    reward = ToyWorldReward()
+    reward.name = "toy_caption"
+    return reward
+
+
+def _register_attribute(attr: str) -> None:
+    name = f"toy_{attr}"
+
+    def factory() -> Reward:
+        reward = ToyWorldReward((attr,))
+        reward.name = name
+        return reward
+
+    factory.__doc__ = f"Probability that the video shows the {attr} its prompt asks for."
+    register_reward(name)(factory)
+
+
+for _attr in toy_world.ATTRIBUTES:
+    _register_attribute(_attr)
