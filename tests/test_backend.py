@@ -105,6 +105,29 @@ def test_cancel_stops_within_an_iteration_and_leaves_a_resumable_checkpoint(back
     assert resumed["state"] == "done" and resumed["iterations_done"] == done + 2
 
 
+class _Interrupted(Exception):
+    """Stands for ComfyUI's InterruptProcessingException, raised by its progress-bar hook."""
+
+
+def test_an_exception_in_the_event_callback_cancels_the_job_and_keeps_its_checkpoint(backend, tmp_path):
+    """ComfyUI's progress hook raises its interrupt inside on_event: the job must not run on."""
+    from trainer.checkpoint import load_checkpoint
+
+    cfg = tiny(tmp_path, run_name="raises", iterations=200)
+
+    def on_event(e):
+        if e["event"] == "iteration":
+            raise _Interrupted()
+
+    with pytest.raises(_Interrupted):
+        backend.run_job("train", {"config": cfg.to_dict()}, on_event=on_event)
+    # By the time the exception reaches the caller the job has ended, with its checkpoint.
+    done = load_checkpoint(tmp_path / "raises" / "checkpoints" / "latest.pt")["iteration"]
+    assert 1 <= done < 200
+    events = [json.loads(line) for line in (tmp_path / "raises" / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "cancelled"
+
+
 def _rank_pid(launcher_pid: int, rank: int) -> int:
     """The pid of torchrun worker ``rank`` (a child of the launcher with RANK=<rank> in its environment)."""
     for status in Path("/proc").glob("[0-9]*/status"):
@@ -152,3 +175,19 @@ def test_killing_a_rank_gives_a_clear_error_and_a_resumable_checkpoint(tmp_path)
         assert resumed["state"] == "done" and resumed["iterations_done"] == ckpt["iteration"] + 1
     finally:
         fresh.shutdown()
+
+
+def test_weights_hash_ignores_a_lora_that_was_added_and_removed():
+    """A warm model reused after a LoRA run keeps its hash (resume on a warm backend)."""
+    from trainer import lora as lora_lib
+    from trainer.models import build_tiny_pipeline, weights_hash
+
+    transformer = build_tiny_pipeline(seed=0).transformer
+    before = weights_hash(transformer)
+    lora_lib.add_lora(transformer, rank=4, alpha=8.0)
+    assert weights_hash(transformer) == before
+    lora_lib.remove_lora(transformer)
+    assert weights_hash(transformer) == before
+    with torch.no_grad():
+        next(transformer.parameters()).add_(1e-3)
+    assert weights_hash(transformer) != before

@@ -132,7 +132,13 @@ class BackendClient:
                 cancel_sent = True
             reply = self.request("GET", f"/jobs/{job_id}/events?after={seen}&wait=2", timeout=40.0)
             for event in reply["events"]:
-                on_event(event)
+                try:
+                    on_event(event)
+                except BaseException:
+                    # The caller gave up inside its callback (ComfyUI's progress hook raises its
+                    # interrupt there): stop the job too, so it ends with a checkpoint, then re-raise.
+                    self._cancel_and_wait(job_id)
+                    raise
             seen = reply["next"]
             if reply["state"] in ("done", "cancelled"):
                 return {**(reply["result"] or {}), "state": reply["state"], "job_id": job_id}
@@ -144,6 +150,20 @@ class BackendClient:
                 self.wait_for_exit()
                 raise BackendError(self.diagnose(
                     f"the backend failed during the job (rank {err.get('rank')}: {err.get('type')}: {message[:300]})"))
+
+    def _cancel_and_wait(self, job_id: str, timeout: float = 600.0) -> None:
+        """Cancel ``job_id`` and wait until it has ended (its checkpoint written); best effort."""
+        deadline = time.monotonic() + timeout
+        try:
+            self.request("POST", f"/jobs/{job_id}/cancel", {})
+            seen = 0
+            while time.monotonic() < deadline:
+                reply = self.request("GET", f"/jobs/{job_id}/events?after={seen}&wait=2", timeout=40.0)
+                seen = reply["next"]
+                if reply["state"] in ("done", "cancelled", "failed"):
+                    return
+        except BackendError:
+            pass
 
     def shutdown(self) -> None:
         try:

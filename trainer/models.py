@@ -166,11 +166,13 @@ def weights_hash(module: torch.nn.Module) -> str:
     """A short sha256 over a module's parameter names, shapes and values (the base-model id).
 
     Stored in the LoRA metadata so a LoRA can be matched to the exact weights it was trained on.
+    LoRA parameters are skipped and peft's ``base_layer`` wrapping is ignored.
     """
     h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
-        if "lora_" in name:
-            continue
+    # peft wraps a layer that has (or had) a LoRA: ``to_q.weight`` becomes ``to_q.base_layer.weight``.
+    # Hash the plain names, so a warm model reused after a LoRA run hashes as it did before.
+    items = {n.replace(".base_layer.", "."): p for n, p in module.state_dict().items() if "lora_" not in n}
+    for name, p in sorted(items.items()):
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

@@ -474,16 +474,22 @@ class FlashGRPOTrainer:
         run = {"node": unique_id, "run": cfg.run_name, "run_dir": str(Path(cfg.output_dir) / cfg.run_name),
                "total": cfg.iterations}
 
+        stop_requested: list[Exception] = []
+
         def on_event(e: dict) -> None:
-            if e.get("event") == "iteration":
-                h.progress(unique_id, e.get("iteration", 0) + 1, cfg.iterations, e)
             h.event(run, compact_event(e))
+            if e.get("event") == "iteration":
+                try:
+                    h.progress(unique_id, e.get("iteration", 0) + 1, cfg.iterations, e)
+                except Exception as exc:  # ComfyUI's progress hook raises its interrupt here
+                    stop_requested.append(exc)  # cancel the run properly (checkpoint, events)
 
         from .jobs import RunCancelled, run_training
 
         h.event(run, {"event": "queued", "iterations": cfg.iterations, "resume": bool(resume)})
         try:
-            result = run_training(cfg, resume=resume, gpus=model["gpus"], should_stop=h.interrupted, on_event=on_event)
+            result = run_training(cfg, resume=resume, gpus=model["gpus"],
+                                  should_stop=lambda: bool(stop_requested) or h.interrupted(), on_event=on_event)
         except RunCancelled as exc:
             h.cancelled(exc)
             raise
