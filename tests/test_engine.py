@@ -226,3 +226,25 @@ def test_embeddings_are_cached_per_prompt(recipe):
     e = recipe.embed(["b", "a", "a"])
     assert len(recipe._embeddings) == n and e.shape[0] == 3
     assert torch.equal(e[1], e[2])
+
+
+def test_before_after_sheet_is_written_and_survives_a_resume(tmp_path):
+    """samples/before_after.png: the base model's held-out videos next to the trained ones; a
+    resumed run no longer holds the "before" videos and samples them again from the base model."""
+    from PIL import Image
+
+    cfg = tiny_cfg(tmp_path, iterations=1, eval_prompts=1, sample_videos=True, run_name="ba")
+    first = FlashGRPORecipe(cfg).setup()
+    first.train()
+    sheet = tmp_path / "ba" / "samples" / "before_after.png"
+    made_in_one_go = Image.open(sheet).convert("RGB")
+    before_scores = first._samples["before"][1]
+    sheet.unlink()
+
+    resumed = FlashGRPORecipe(FlashGRPOConfig.from_dict({**cfg.to_dict(), "iterations": 2}),
+                              run_dir=tmp_path / "ba", resume=True).setup()
+    resumed.train()
+    assert "before" in resumed._samples and sheet.is_file()
+    # The base model's samples are the same as those of the run's start (the LoRA starts at zero).
+    assert torch.equal(resumed._samples["before"][1], before_scores)
+    assert Image.open(sheet).size == made_in_one_go.size

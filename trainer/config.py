@@ -268,8 +268,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_sequence_length=32, ema_decay=0.0,
     ),
     # The pretrained toy model (trainer/assets/toy_wan) on CPU, on 64 random toy-world captions,
-    # rewarded for showing the asked position (the attribute it follows least among those it can
-    # learn in minutes). lr: 3e-3 improves steadily; 1e-2 collapses the samples within 30 iterations.
+    # rewarded for showing the asked position; the base of the demo and of bench.alignment.
+    # lr 1e-2 collapses the samples within 30 iterations; see the README's alignment benchmark.
     "toy_demo": dict(
         model="toy", prompts=toy_world.captions(64, seed=1), eval_prompts=16,
         rewards=[{"name": "toy_position", "weight": 1.0}], device="cpu", dtype="float32", height=64,

@@ -604,14 +604,14 @@ class FlashGRPORecipe:
             videos = self.sample(self.prompts.eval)
         scores = self.reward_fn(videos, self.prompts.eval).scores
         self._samples[tag] = (videos, scores)
+        if tag == "after" and "before" not in self._samples and self.cfg.sample_videos:
+            base = self.sample(self.prompts.eval, lora=False)  # on every rank: FSDP gathers weights
+            self._samples["before"] = (base, self.reward_fn(base, self.prompts.eval).scores)
         if self.dist.is_main and self.cfg.sample_videos:
             as_uint8 = lambda v: (v.numpy() * 255).round().astype("uint8")  # noqa: E731
             for i, v in enumerate(videos):
                 write_mp4(self.run_dir / "samples" / f"{tag}_{i:02d}.mp4", as_uint8(v), fps=self.cfg.fps)
             if tag == "after":
-                if "before" not in self._samples:
-                    base = self.sample(self.prompts.eval, lora=False)
-                    self._samples["before"] = (base, self.reward_fn(base, self.prompts.eval).scores)
                 (v0, s0), (v1, s1) = self._samples["before"], self._samples["after"]
                 write_before_after(self.run_dir / "samples" / "before_after.png", self.prompts.eval,
                                    as_uint8(v0), as_uint8(v1), s0.tolist(), s1.tolist())
