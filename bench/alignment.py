@@ -4,7 +4,7 @@
                               [--seeds 0,1,2] [--budget N] [--eval-every N] [--eval-prompts K]
                               [--jobs J] [--threads T] [--out DIR] [--set key=value ...]
 
-    # the README's figures: toy model, exact position reward, 7 arms x 3 seeds (~40 min, 2 cores)
+    # the README's figures: toy model, exact position reward, 7 arms x 3 seeds (~18 min, 2 cores)
     python -m bench.alignment
     # a quick look on the random tiny model
     python -m bench.alignment --preset tiny_demo --model tiny --reward brightness --budget 2000

@@ -44,12 +44,13 @@ from pathlib import Path
 import torch
 
 from . import toy_world
+from .toy import DEFAULT_OUT as TINY_VAE_DIR
 from .sde import time_shift
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path(__file__).parent / "assets" / "toy_wan"
-TINY_VAE = Path(__file__).parent / "assets" / "tiny_vae"
+TINY_VAE = TINY_VAE_DIR  # the trained tiny VAE, shared with the built-in tiny model
 
 TOY_CONFIG = {
     "transformer": dict(
