@@ -126,7 +126,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from trainer.config import PRESETS, FlashGRPOConfig  # noqa: E402
+from trainer.config import PRESETS, FlashGRPOConfig, parse_set_items  # noqa: E402
+from trainer.errors import UserError  # noqa: E402
 from trainer.data import DEFAULT_PROMPTS, PromptSet, read_prompt_file  # noqa: E402
 
 # The defaults: the pretrained toy model on the toy_demo preset's 64 captions (16 held out), with
@@ -173,21 +174,6 @@ def parse_reward_spec(spec: str) -> list:
         value = json.loads(spec)
         return value if isinstance(value, list) else [value]
     return [{"name": name.strip(), "weight": 1.0} for name in spec.split(",") if name.strip()]
-
-
-def parse_set(items: list[str]) -> dict:
-    """``--set key=value`` pairs; values are JSON when they parse (numbers, true, null, lists),
-    else strings (the config coerces strings to each field's type)."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def base_values(args: argparse.Namespace) -> dict:
@@ -511,6 +497,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.eval_every = args.budget / 10
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    try:
+        args.overrides = parse_set_items(args.set)
+    except UserError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -522,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base, extra = base_values(args), parse_set(args.set)
+    base, extra = base_values(args), args.overrides
     base_cfg = FlashGRPOConfig.from_dict({**base, **extra}, preset=args.preset)
     tasks = []
     for arm in args.strategies:

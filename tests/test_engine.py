@@ -246,5 +246,5 @@ def test_before_after_sheet_is_written_and_survives_a_resume(tmp_path):
     resumed.train()
     assert "before" in resumed._samples and sheet.is_file()
     # The base model's samples are the same as those of the run's start (the LoRA starts at zero).
-    assert torch.equal(resumed._samples["before"][1], before_scores)
+    assert resumed._samples["before"][1] == before_scores
     assert Image.open(sheet).size == made_in_one_go.size

@@ -302,6 +302,23 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def parse_set_items(items: list[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` items as config overrides; values are JSON when they parse (numbers,
+    true, null, lists), else strings (``from_dict`` coerces them). ``UserError`` names a bad item."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: write FIELD=VALUE, e.g. --set iterations=10")
+        key, value = item.split("=", 1)
+        if key not in FlashGRPOConfig.field_names():
+            raise UserError(f"--set {key}: not a config field. Fields: {', '.join(FlashGRPOConfig.field_names())}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def markdown_reference() -> str:
     """The config reference table of the README (``python -m trainer.config``)."""
     lines = ["| field | default | help |", "|---|---|---|"]

@@ -69,6 +69,11 @@ def sample_noise(seed: int, iteration: int, sample: int, step: int, shape: tuple
     return torch.randn(shape, generator=g)
 
 
+def _as_uint8(videos: torch.Tensor):
+    """Float videos in 0..1 (CPU) as a uint8 numpy array, for mp4 and PNG files."""
+    return (videos.numpy() * 255).round().astype("uint8")
+
+
 def resolve_device_and_dtype(cfg: FlashGRPOConfig) -> tuple[bool, torch.dtype]:
     """``(use_cuda, dtype)`` for ``cfg.device`` / ``cfg.dtype`` ("auto": CUDA and bfloat16 when a GPU is visible)."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -154,7 +159,7 @@ class FlashGRPORecipe:
         if self.device.type == "cuda" and cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self._embeddings: dict[str, torch.Tensor] = {}
-        self._samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # tag -> held-out (videos, scores)
+        self._samples: dict[str, tuple] = {}  # tag -> held-out (uint8 videos [N,T,H,W,3], scores), for the sheet
 
     def _setup_lora(self) -> None:
         cfg = self.cfg
@@ -603,18 +608,17 @@ class FlashGRPORecipe:
         with self.ema_weights() if tag == "after" else contextlib.nullcontext():
             videos = self.sample(self.prompts.eval)
         scores = self.reward_fn(videos, self.prompts.eval).scores
-        self._samples[tag] = (videos, scores)
-        if tag == "after" and "before" not in self._samples and self.cfg.sample_videos:
-            base = self.sample(self.prompts.eval, lora=False)  # on every rank: FSDP gathers weights
-            self._samples["before"] = (base, self.reward_fn(base, self.prompts.eval).scores)
+        if self.cfg.sample_videos:
+            self._samples[tag] = (_as_uint8(videos), scores.tolist())  # uint8: 4x less kept in memory
+            if tag == "after" and "before" not in self._samples:
+                base = self.sample(self.prompts.eval, lora=False)  # on every rank: FSDP gathers weights
+                self._samples["before"] = (_as_uint8(base), self.reward_fn(base, self.prompts.eval).scores.tolist())
         if self.dist.is_main and self.cfg.sample_videos:
-            as_uint8 = lambda v: (v.numpy() * 255).round().astype("uint8")  # noqa: E731
-            for i, v in enumerate(videos):
-                write_mp4(self.run_dir / "samples" / f"{tag}_{i:02d}.mp4", as_uint8(v), fps=self.cfg.fps)
+            for i, v in enumerate(self._samples[tag][0]):
+                write_mp4(self.run_dir / "samples" / f"{tag}_{i:02d}.mp4", v, fps=self.cfg.fps)
             if tag == "after":
                 (v0, s0), (v1, s1) = self._samples["before"], self._samples["after"]
-                write_before_after(self.run_dir / "samples" / "before_after.png", self.prompts.eval,
-                                   as_uint8(v0), as_uint8(v1), s0.tolist(), s1.tolist())
+                write_before_after(self.run_dir / "samples" / "before_after.png", self.prompts.eval, v0, v1, s0, s1)
         return {"eval_reward_mean": float(scores.mean()), "eval_rewards": scores.tolist()}
 
     def train(self, should_stop: Callable[[], bool] = lambda: False,

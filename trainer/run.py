@@ -55,20 +55,10 @@ class CliHost(host.Host):
 
 def apply_overrides(prompt: dict, model: str | None, sets: list[str], resume: bool) -> None:
     """Apply --model / FLASH_GRPO_MODEL to model nodes and --set / --resume to trainer nodes."""
-    from .config import FlashGRPOConfig
+    from .config import parse_set_items
 
     model = model or os.environ.get("FLASH_GRPO_MODEL")
-    overrides = {}
-    for item in sets:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: write FIELD=VALUE, e.g. --set iterations=10")
-        key, value = item.split("=", 1)
-        if key not in FlashGRPOConfig.field_names():
-            raise UserError(f"--set {key}: not a config field. Fields: {', '.join(FlashGRPOConfig.field_names())}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_set_items(sets)
     for node in prompt.values():
         inputs = node.setdefault("inputs", {})
         if node.get("class_type") == MODEL_NODE and model:

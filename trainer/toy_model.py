@@ -44,13 +44,11 @@ from pathlib import Path
 import torch
 
 from . import toy_world
-from .toy import DEFAULT_OUT as TINY_VAE_DIR
+from .models import TOY_MODEL_DIR as DEFAULT_OUT
 from .sde import time_shift
+from .toy import DEFAULT_OUT as TINY_VAE  # the trained tiny VAE, shared with the built-in tiny model
 
 log = logging.getLogger(__name__)
-
-DEFAULT_OUT = Path(__file__).parent / "assets" / "toy_wan"
-TINY_VAE = TINY_VAE_DIR  # the trained tiny VAE, shared with the built-in tiny model
 
 TOY_CONFIG = {
     "transformer": dict(
@@ -208,7 +206,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed for determinism)")
     parser.add_argument("--train-vae", action="store_true", help="retrain the VAE (python -m trainer.toy) instead of copying the shipped one")
-    parser.add_argument("--latents-cache", type=Path, default=None, help="reuse (or write) the encoded clips here (.safetensors); only for the same --clips and --seed")
     parser.add_argument("--report-samples", type=int, default=96, help="held-out captions for the caption-following report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -223,19 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         vae_dir = args.out.parent / f".{args.out.name}.vae"
         train_tiny_vae(seed=args.seed, threads=args.threads).save_pretrained(str(vae_dir), safe_serialization=True)
     pipe = build_untrained(args.seed, vae_dir)
-    cache = args.latents_cache
-    if cache and cache.is_file():
-        from safetensors.torch import load_file
-
-        data = load_file(str(cache))
-        latents, captions = data["latents"], json.loads(cache.with_suffix(".json").read_text())
-    else:
-        latents, captions = encode_clips(pipe.vae, args.clips, args.seed)
-        if cache:
-            from safetensors.torch import save_file
-
-            save_file({"latents": latents.contiguous()}, str(cache))
-            cache.with_suffix(".json").write_text(json.dumps(captions))
+    latents, captions = encode_clips(pipe.vae, args.clips, args.seed)
     log.info("encoded %d clips %s in %.0fs", len(captions), tuple(latents.shape[1:]), time.perf_counter() - start)
     ema = train(pipe, latents, captions, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     pipe.transformer.load_state_dict(ema["transformer"])

@@ -17,6 +17,8 @@ model's; weight them like any other reward, e.g.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import toy_world
@@ -34,9 +36,10 @@ class ToyWorldReward(Reward):
 
     input_format = "float"
 
-    def __init__(self, attributes: tuple[str, ...] | None = None):
-        self.attributes = tuple(attributes) if attributes else toy_world.ATTRIBUTES
-        self.single = attributes is not None and len(self.attributes) == 1
+    def __init__(self, name: str, attributes: tuple[str, ...]):
+        self.name = name
+        self.attributes = tuple(attributes)
+        self.single = len(self.attributes) == 1
 
     def _asked(self, prompts: list[str]) -> list[dict[str, str]]:
         """Per prompt, the choices it asks for among ``self.attributes``; UserError if none."""
@@ -72,25 +75,7 @@ class ToyWorldReward(Reward):
         return RewardOutput(scores, details)
 
 
-@register_reward("toy_caption")
-def toy_caption() -> Reward:
-    """Mean probability over all attributes each prompt states (details: each one, ``accuracy``)."""
-    reward = ToyWorldReward()
-    reward.name = "toy_caption"
-    return reward
-
-
-def _register_attribute(attr: str) -> None:
-    name = f"toy_{attr}"
-
-    def factory() -> Reward:
-        reward = ToyWorldReward((attr,))
-        reward.name = name
-        return reward
-
-    factory.__doc__ = f"Probability that the video shows the {attr} its prompt asks for."
-    register_reward(name)(factory)
-
-
+# Registered as factories without arguments (build_reward passes none): the name fixes the attributes.
+register_reward("toy_caption")(functools.partial(ToyWorldReward, "toy_caption", toy_world.ATTRIBUTES))
 for _attr in toy_world.ATTRIBUTES:
-    _register_attribute(_attr)
+    register_reward(f"toy_{_attr}")(functools.partial(ToyWorldReward, f"toy_{_attr}", (_attr,)))
