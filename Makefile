@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - aligns the shipped toy Wan model with Flash-GRPO on CPU (workflows/demo.json)
-#   make test   - runs the test suite
+#   make test   - lints (ruff) and runs the test suite
 # Both create .venv and install what they need. On a machine without an NVIDIA GPU the CPU build
 # of torch is installed first; on a CUDA machine pip's default (CUDA) torch is used.
 
@@ -20,13 +20,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 		echo "no NVIDIA GPU: installing the CPU build of torch ($(TORCH_CPU))"; \
 		$(PY) -m pip install -q "$(TORCH_CPU)"; \
 	fi
-	$(PY) -m pip install -q -r requirements.txt "pytest>=8" "rapidocr-onnxruntime>=1.3"
+	$(PY) -m pip install -q -r requirements.txt "pytest>=8" "rapidocr-onnxruntime>=1.3" "ruff>=0.6"
 	touch $@
 
 demo: setup
 	$(PY) -m trainer.run workflows/demo.json
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: setup

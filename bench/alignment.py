@@ -58,9 +58,9 @@ the batch size of every call during training iterations (evaluation is not count
   1 FE per row;
 * calls with gradients (the update's recomputation of ``log p``) cost ``1 + BACKWARD_FE`` = 3 FE
   per row: a backward pass is counted as two forwards, the convention of
-  ``trainer.strategies.expected_passes``.
+  ``trainer.engine.strategies.expected_passes``.
 
-Classifier-free guidance sends cond and uncond rows in one batch (``trainer.rollout.
+Classifier-free guidance sends cond and uncond rows in one batch (``trainer.engine.rollout.
 predict_velocity``), so each guided velocity costs 2 rows. In terms of what the recipe reports per
 iteration: ``rollout FE = forward_rows x 2`` (``forward_rows`` counts a guided row once; shared
 ODE prefixes of shared-noise groups are one row) and ``update FE = 3 x 2 x U`` where ``U`` is the
@@ -126,9 +126,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from trainer.config import PRESETS, FlashGRPOConfig, parse_set_items  # noqa: E402
+from trainer.engine.config import PRESETS, FlashGRPOConfig, parse_set_items  # noqa: E402
+from trainer.engine.data import DEFAULT_PROMPTS, PromptSet, read_prompt_file  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
-from trainer.data import DEFAULT_PROMPTS, PromptSet, read_prompt_file  # noqa: E402
 
 # The defaults: the pretrained toy model on the toy_demo preset's 64 captions (16 held out), with
 # the exact position reward.
@@ -238,8 +238,8 @@ def run_arm(task: dict) -> dict:
     weights and held-out split), ``budget``, ``eval_every``, ``run_dir``, ``threads``. Runs in the
     calling process (a worker of ``run_all`` or the main process with ``--jobs 1``).
     """
-    from trainer.models import load_pipeline
-    from trainer.recipe import FlashGRPORecipe, resolve_device_and_dtype
+    from trainer.engine.models import load_pipeline
+    from trainer.engine.recipe import FlashGRPORecipe, resolve_device_and_dtype
 
     if task.get("threads", 0) > 0:
         torch.set_num_threads(task["threads"])

@@ -20,7 +20,7 @@ other and single calls become 10-30x slower at random.
    advantages) and ``update`` (forward/backward of the trained transitions + optimizer step).
 
 2. **Rollout vs diffusers.** On another fresh tiny pipeline (no LoRA), for the ``B*G`` videos of
-   one iteration: our ODE-only rollout (``trainer.rollout.rollout`` with an all-ODE ``StepPlan``)
+   one iteration: our ODE-only rollout (``trainer.engine.rollout.rollout`` with an all-ODE ``StepPlan``)
    against ``WanPipeline.__call__(..., output_type="latent")``. Both get the same precomputed
    prompt/negative embeddings (text encoding excluded), the same initial latents, T steps, CFG
    4.5; neither decodes. Measurements alternate ours/diffusers (order swapped every round) and the
@@ -31,14 +31,15 @@ other and single calls become 10-30x slower at random.
 How to read the ratios
 ----------------------
 ``x flash`` columns divide a strategy's median seconds by ``flash``'s; ``pred`` is the same ratio
-of the transformer passes per sample that ``trainer.strategies.expected_passes`` counts (CFG = 2
+of the transformer passes per sample that ``trainer.engine.strategies.expected_passes`` counts (CFG = 2
 passes, backward = 2 forwards; for shared-noise flash the mean ``k`` of the window is used, while
 the measurement sees the ``k`` actually drawn in each iteration). The reward phase (decode +
 score) is not a transformer pass, so it lies outside the prediction; it costs about the same for
 every strategy (same number of videos) and pulls the measured total ratio toward 1. Compare
 ``transformer-only`` (rollout + update) with ``pred total`` instead. ``total s`` is the median of
 the per-iteration totals (not the sum of the phase medians). On the tiny model each transformer
-call is cheap and fixed costs (Python per row and step, the optimizer step) weigh a lot, so measured ratios sit closer to 1 than the pass counts; on a real model, where the
+call is cheap and fixed costs (Python per row and step, the optimizer step) weigh a lot, so
+measured ratios sit closer to 1 than the pass counts; on a real model, where the
 transformer dominates, they approach the prediction. ``ours / diffusers`` below 1 means our
 rollout loop is faster than diffusers' sampling loop for the same work (target <= 1.05).
 """
@@ -62,13 +63,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from trainer.config import FlashGRPOConfig  # noqa: E402
-from trainer.data import DEFAULT_PROMPTS  # noqa: E402
-from trainer.models import build_tiny_pipeline  # noqa: E402
-from trainer.recipe import FlashGRPORecipe, sample_noise  # noqa: E402
-from trainer.rollout import Conditioning, rollout  # noqa: E402
-from trainer.sde import sigma_grid  # noqa: E402
-from trainer.strategies import StepPlan, expected_passes  # noqa: E402
+from trainer.algo.sde import sigma_grid  # noqa: E402
+from trainer.engine.config import FlashGRPOConfig  # noqa: E402
+from trainer.engine.data import DEFAULT_PROMPTS  # noqa: E402
+from trainer.engine.models import build_tiny_pipeline  # noqa: E402
+from trainer.engine.recipe import FlashGRPORecipe, sample_noise  # noqa: E402
+from trainer.engine.rollout import Conditioning, rollout  # noqa: E402
+from trainer.engine.strategies import StepPlan, expected_passes  # noqa: E402
 
 PRESET = "tiny_demo"
 GUIDANCE = 4.5
@@ -156,7 +157,7 @@ def bench_strategies(args, workdir: str) -> dict:
         pipe = build_pipeline(cfg)  # fresh: setup adds a LoRA
         recipes[name] = FlashGRPORecipe(cfg, run_dir=Path(workdir) / name, pipeline=pipe).setup()
         configs[name] = cfg
-    for name, recipe in recipes.items():  # warm-up, iteration 0
+    for recipe in recipes.values():  # warm-up, iteration 0
         recipe.run_iteration(0)
 
     samples = {name: {p: [] for p in PHASES + ("total",)} for name in recipes}
@@ -182,7 +183,7 @@ def bench_strategies(args, workdir: str) -> dict:
             "rollout_passes_counted": [r * cfg_mult / n for r in rows[name]],
         }
     ref = out[names[0]]
-    for name, r in out.items():
+    for r in out.values():
         s, rs, e, re_ = r["seconds"], ref["seconds"], r["expected_passes"], ref["expected_passes"]
         r["measured_ratio"] = {
             "total": ratio(s["total"], rs["total"]),
@@ -264,7 +265,8 @@ def print_report(result: dict) -> None:
     m, s = result["machine"], result["settings"]
     print(f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable, torch threads "
           f"{m['torch_threads']}), torch {m['torch']}, diffusers {m['diffusers']}, python {m['python']}")
-    print(f"settings: {s['model']} Wan2.1 ({s['frames']}x{s['height']}x{s['width']}), B={s['prompts']} prompts x G={s['group_size']}, T={s['steps']} steps, "
+    print(f"settings: {s['model']} Wan2.1 ({s['frames']}x{s['height']}x{s['width']}), "
+          f"B={s['prompts']} prompts x G={s['group_size']}, T={s['steps']} steps, "
           f"CFG {s['guidance_scale']}, {s['frames']} frames {s['height']}x{s['width']}, "
           f"median of {s['repeats']} iterations after 1 warm-up\n")
     head = (f"{'strategy':<13}{'rollout s':>10}{'reward s':>10}{'update s':>10}{'total s':>9}"
@@ -279,7 +281,7 @@ def print_report(result: dict) -> None:
                         (("total", 16), ("rollout", 14), ("update", 14), ("transformer_only", 16)))
         print(f"{name:<13}{sec['rollout']:>10.3f}{sec['reward']:>10.3f}{sec['update']:>10.3f}"
               f"{sec['total']:>9.3f}{cells}")
-    print("\npred = ratio of transformer passes per sample from trainer.strategies.expected_passes.")
+    print("\npred = ratio of transformer passes per sample from trainer.engine.strategies.expected_passes.")
     print("The reward phase (VAE decode + score) is not a transformer pass and is outside the "
           "prediction:\n'transf.-only' = measured (rollout + update) against the predicted total.")
     d = result["vs_diffusers"]

@@ -15,10 +15,10 @@ meta device (``with torch.device("meta"): WanTransformer3DModel(**config)``: sha
 allocated), and their parameters are counted. The text encoder is transformers'
 ``UMT5EncoderModel`` built the same way from UMT5-XXL's config (``UMT5_XXL`` below, the values of
 google/umt5-xxl, which Wan2.1's ``text_encoder/config.json`` repeats). The LoRA size is counted
-from the same meta transformer: ``r * (in + out)`` for every Linear that ``trainer.lora.add_lora``
+from the same meta transformer: ``r * (in + out)`` for every Linear that ``trainer.engine.lora.add_lora``
 targets (attention projections of every block; also the FFN with ``lora_ffn``).
 
-Bytes follow the engine (``trainer/recipe.py``, ``trainer/models.py``):
+Bytes follow the engine (``trainer/engine/recipe.py``, ``trainer/engine/models.py``):
 
 * base transformer weights in bf16, except the modules diffusers keeps in float32 when loading
   with ``torch_dtype=bfloat16`` (``WanTransformer3DModel._keep_in_fp32_modules``: rope,
@@ -40,7 +40,7 @@ whole forward/backward. The text encoder and the VAE are not sharded by the engi
 Activations (one transformer call of the update, with gradient checkpointing)
 -----------------------------------------------------------------------------
 A trained transition goes through the transformer as ``rows = 2 * micro_batch`` rows
-(classifier-free guidance: cond and uncond in one batch, ``trainer.rollout.predict_velocity``),
+(classifier-free guidance: cond and uncond in one batch, ``trainer.engine.rollout.predict_velocity``),
 ``N = F' * H' * W'`` video tokens per row (latent frames/height/width over the patch size) and
 ``L = 512`` text tokens. With checkpointing, autograd keeps
 
@@ -142,8 +142,8 @@ def keeps_fp32(name: str, keep_modules) -> bool:
 
 
 def lora_targets(module: torch.nn.Module, include_ffn: bool = False) -> list[tuple[str, torch.nn.Linear]]:
-    """The Linears ``trainer.lora.add_lora`` puts LoRA on, found by the same regex."""
-    from trainer.lora import target_regex
+    """The Linears ``trainer.engine.lora.add_lora`` puts LoRA on, found by the same regex."""
+    from trainer.engine.lora import target_regex
 
     pattern = re.compile(target_regex(include_ffn))
     return [(n, m) for n, m in module.named_modules() if pattern.fullmatch(n)]

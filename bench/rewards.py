@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = run(args)
     except (UserError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     print_table(result)
     if args.json:
         with open(args.json, "w") as f:

@@ -9,13 +9,13 @@ What it measures (CUDA)
 The transformer is built from the shipped config (``trainer/configs/wan2.1_t2v_<model>/``) with
 random weights, really allocated on the GPU: bf16, except the modules diffusers keeps in float32
 when loading in bf16 (``_keep_in_fp32_modules``). The recipe's LoRA goes on with
-``trainer.lora.add_lora`` (r16, alpha 32, attention projections), cast to float32 like
+``trainer.engine.lora.add_lora`` (r16, alpha 32, attention projections), cast to float32 like
 ``FlashGRPORecipe._setup_lora`` does, and gradient checkpointing is on (the recipe's default on
 CUDA; ``--no-checkpointing`` turns it off). Latents: ``[16, (frames-1)/4+1, height/8, width/8]``
 (81x480x832 -> ``[16, 21, 60, 104]``, 32760 video tokens), text embeddings of 512 tokens. Then,
 each warmed up once and timed ``--steps`` times (median):
 
-* **rollout step**: one guided velocity, ``trainer.rollout.predict_velocity`` under ``no_grad``,
+* **rollout step**: one guided velocity, ``trainer.engine.rollout.predict_velocity`` under ``no_grad``,
   bf16 autocast: cond and uncond rows in one call, so ``2 * batch`` rows;
 * **update**: one trained transition as ``FlashGRPORecipe.update`` does it: the guided velocity
   with gradients, ``sde_mean`` / ``sde_log_prob`` of the stored ``x_{k+1}``, the clipped
@@ -186,7 +186,7 @@ def build_transformer(config: dict, device: torch.device, dtype: torch.dtype, lo
     """
     from diffusers import WanTransformer3DModel
 
-    from trainer import lora as lora_lib
+    from trainer.engine import lora as lora_lib
 
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
@@ -237,10 +237,10 @@ def measure(config: dict, latent: tuple[int, ...], device: torch.device, dtype: 
     Returns seconds (``rollout_step_s``, ``update_s``; None when out of memory), peak bytes per
     phase on CUDA (``*_peak_bytes``), ``weights_bytes`` and ``errors`` (phase -> message).
     """
-    from trainer import lora as lora_lib
-    from trainer import sde as sde_math
-    from trainer.grpo import clipped_surrogate
-    from trainer.rollout import Conditioning, predict_velocity
+    from trainer.algo import sde as sde_math
+    from trainer.algo.grpo import clipped_surrogate
+    from trainer.engine import lora as lora_lib
+    from trainer.engine.rollout import Conditioning, predict_velocity
 
     cuda = device.type == "cuda"
     out: dict = {"errors": {}}
@@ -310,7 +310,7 @@ def measure(config: dict, latent: tuple[int, ...], device: torch.device, dtype: 
         out["peak_bytes"] = max(out.get("rollout_peak_bytes", 0), out.get("update_peak_bytes", 0))
     else:
         out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    del model, optimizer
+    model = optimizer = None  # drop the weights (the closures above hold them too) before emptying the cache
     if cuda:
         torch.cuda.empty_cache()
     return out
@@ -426,7 +426,7 @@ def main(argv=None) -> int:
 
     checkpointing = not args.no_checkpointing
     if args.tiny_test:
-        from trainer.models import TINY_CONFIG
+        from trainer.engine.models import TINY_CONFIG
 
         config, name = dict(TINY_CONFIG["transformer"]), "tiny"
         config["patch_size"] = list(config["patch_size"])

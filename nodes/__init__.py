@@ -1,6 +1,6 @@
 """ComfyUI glue: registers the pack's node types and connects them to ComfyUI.
 
-The node types themselves live in ``trainer.node_types`` (shared with the headless runner).
+The node types themselves live in ``trainer.graph.node_types`` (shared with the headless runner).
 Here, ComfyUI's progress bar, interrupt, model folders, LoRA patching and the browser messages
 are installed as the host, and the ``/flash_grpo/`` routes are added. Outside ComfyUI (unit tests
 importing the pack) the headless host stays in place.
@@ -13,9 +13,9 @@ import os
 import shutil
 from pathlib import Path
 
-from ..trainer import host
 from ..trainer.errors import UserError
-from ..trainer.node_types import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from ..trainer.graph import host
+from ..trainer.graph.node_types import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from . import routes
 
 log = logging.getLogger(__name__)

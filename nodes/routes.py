@@ -15,7 +15,7 @@ import json
 import threading
 from pathlib import Path
 
-from ..trainer.node_types import RUN_NAME_RE, compact_event
+from ..trainer.graph.node_types import RUN_NAME_RE, compact_event
 
 PREFIX = "/flash_grpo"
 MAX_EVENTS = 20000

@@ -1,7 +1,7 @@
 """Run a workflow headlessly: ``python -m trainer.run workflows/align.json``.
 
 The workflow may be in ComfyUI's UI format (Save) or API format (Export (API)); it is made of
-this pack's node types (``trainer.node_types``), executed exactly as ComfyUI would.
+this pack's node types (``trainer.graph.node_types``), executed exactly as ComfyUI would.
 
 Exit status: 0 done, 2 a problem to fix (the message says what and how), 130 cancelled with
 Ctrl-C (checkpoint written; ``--resume`` continues), 1 an internal error (``--debug`` shows the
@@ -20,8 +20,9 @@ import time
 import traceback
 import warnings
 
-from . import host
+from . import settings
 from .errors import UserError
+from .graph import host
 
 MODEL_NODE = "FlashGRPOModelSource"
 TRAINER_NODE = "FlashGRPOTrainer"
@@ -30,7 +31,8 @@ TRAINER_NODE = "FlashGRPOTrainer"
 class CliHost(host.Host):
     """Progress bar on stderr; Ctrl-C (or SIGTERM) asks the run to stop after the iteration."""
 
-    def __init__(self):
+    def __init__(self, in_process: bool = False):
+        self.in_process = in_process  # where the jobs run: decided once, here
         self.stop = False
         self.t0 = None
 
@@ -55,9 +57,9 @@ class CliHost(host.Host):
 
 def apply_overrides(prompt: dict, model: str | None, sets: list[str], resume: bool) -> None:
     """Apply --model / FLASH_GRPO_MODEL to model nodes and --set / --resume to trainer nodes."""
-    from .config import parse_set_items
+    from .engine.config import parse_set_items
 
-    model = model or os.environ.get("FLASH_GRPO_MODEL")
+    model = model or settings.model_override()
     overrides = parse_set_items(sets)
     for node in prompt.values():
         inputs = node.setdefault("inputs", {})
@@ -93,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-    if args.in_process:
-        os.environ["FLASH_GRPO_IN_PROCESS"] = "1"
-    cli = CliHost()
+    cli = CliHost(in_process=args.in_process)
     host.install(cli)
 
     def on_signal(signum, frame):
@@ -106,12 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    from . import jobs
+    from .service.runner import RunCancelled
 
     try:
-        from .jobs import RunCancelled
-        from .node_types import NODE_CLASS_MAPPINGS
-        from .workflow import execute_prompt, load_workflow
+        from .graph.node_types import NODE_CLASS_MAPPINGS
+        from .graph.workflow import execute_prompt, load_workflow
 
         prompt = load_workflow(args.workflow, NODE_CLASS_MAPPINGS)
         apply_overrides(prompt, args.model, args.set, args.resume)
@@ -136,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(e).__name__}: {e}\nRerun with --debug for the traceback.", file=sys.stderr)
         return 1
     finally:
-        jobs.close()
-    for nid, ui in results.ui.items():
+        cli.close()  # shuts down the backend this run started
+    for ui in results.ui.values():
         for line in (ui or {}).get("text", []):
             print(line)
     for nid, node in prompt.items():

@@ -16,9 +16,7 @@ import argparse
 import json
 import sys
 
-import torch
-
-from . import sde as sde_math
+from .algo import sde as sde_math
 
 
 def schedule_table(steps: int, shift: float, noise: str, noise_level: float | None = None,

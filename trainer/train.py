@@ -14,27 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
 
-from .config import PRESETS, FlashGRPOConfig, add_cli_arguments, cli_overrides
+from .engine.config import PRESETS, FlashGRPOConfig, add_cli_arguments, cli_overrides
+from .engine.distributed import init_distributed
 from .errors import UserError
-
-
-def init_distributed() -> bool:
-    """Initialise torch.distributed from torchrun's environment; False on a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    import torch
-    import torch.distributed as dist
-
-    backend = "nccl" if torch.cuda.is_available() and os.environ.get("FLASH_GRPO_DIST_BACKEND") != "gloo" else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
-    return True
 
 
 def build_config(args: argparse.Namespace) -> FlashGRPOConfig:
@@ -54,7 +40,7 @@ def build_config(args: argparse.Namespace) -> FlashGRPOConfig:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--preset", choices=list(PRESETS), default=None, help="base values (see trainer/config.py)")
+    ap.add_argument("--preset", choices=list(PRESETS), default=None, help="base values (see trainer/engine/config.py)")
     ap.add_argument("--config", help="JSON file of config fields (e.g. a run's config.json)")
     ap.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -64,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args)
         distributed = init_distributed()
-        from .recipe import FlashGRPORecipe
+        from .engine.recipe import FlashGRPORecipe
 
         run_dir = Path(args.resume) if args.resume else None
         recipe = FlashGRPORecipe(cfg, run_dir=run_dir, resume=bool(args.resume)).setup()

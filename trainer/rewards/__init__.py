@@ -26,6 +26,7 @@ packages add rewards through the ``flash_grpo.rewards`` entry-point group
 :func:`build_reward` or :func:`build_reward_set` imported from here.
 """
 
+# The order of these imports is the order the built-in rewards register in (not sorted: see pyproject).
 from .base import (
     Reward,
     RewardOutput,

@@ -28,8 +28,8 @@ import logging
 import threading
 from typing import Any
 
-from . import base
 from ..errors import UserError
+from . import base
 from .base import Reward, WeightedSum
 
 __all__ = [

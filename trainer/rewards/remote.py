@@ -36,7 +36,6 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import socket
 import time
 import urllib.error
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import settings
 from ..errors import UserError
 from .base import Reward, RewardOutput, register_reward
 
@@ -60,7 +60,7 @@ __all__ = [
     "RemoteReward",
 ]
 
-TOKEN_ENV = "FLASH_GRPO_REWARD_TOKEN"
+TOKEN_ENV = settings.REWARD_TOKEN_ENV
 """Environment variable holding the reward server's token (read by the client and the server)."""
 
 MAX_VIDEO_BYTES = 4 * 1024**3
@@ -200,7 +200,7 @@ class RemoteReward(Reward):
         base_url = url.rstrip("/")
         self.url = base_url[: -len("/score")] if base_url.endswith("/score") else base_url
         self.score_url = self.url + "/score"
-        self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self.token = token if token is not None else settings.reward_token()
         if not isinstance(self.token, str) or not self.token:
             raise UserError(
                 f"The remote reward at {self.url} needs the server's token: set the environment variable "

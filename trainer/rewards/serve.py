@@ -43,6 +43,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import settings
 from ..errors import UserError
 from .base import Reward
 from .remote import TOKEN_ENV, PayloadError, _check_prompts, _is_loopback_host, parse_score_request
@@ -331,7 +332,6 @@ async def _serve(server: RewardServer, host: str, port: int, token_was_generated
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, build the reward, serve until SIGINT/SIGTERM. Returns the exit status
     (2 with the message on stderr for a :class:`~trainer.errors.UserError`)."""
-    import os
 
     options = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    token = options.token or os.environ.get(TOKEN_ENV) or None
+    token = options.token or settings.reward_token() or None
     generated = token is None
     if generated:
         token = secrets.token_urlsafe(24)

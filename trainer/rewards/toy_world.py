@@ -1,16 +1,16 @@
-"""Exact rewards of the toy world (``trainer.toy_world``): does the video show what the caption asks?
+"""Exact rewards of the toy world (``trainer.toy.world``): does the video show what the caption asks?
 
 Registered names (float videos, higher is better, 0..1):
 
 * ``toy_colour``, ``toy_shape``, ``toy_size``, ``toy_position``, ``toy_direction``,
-  ``toy_speed``, ``toy_background``: the probability that ``trainer.toy_world.attribute_probs``
+  ``toy_speed``, ``toy_background``: the probability that ``trainer.toy.world.attribute_probs``
   gives the choice the prompt asks for that attribute (0 when no object shows). Every prompt must
   state the attribute (``UserError`` otherwise).
 * ``toy_caption``: the mean of those probabilities over the attributes each prompt states.
   Details: each attribute stated by every prompt (its probability) and ``accuracy``, the fraction
   of stated attributes whose exact reading (the argmax) is the asked choice.
 
-They read pixels only (``trainer.toy_world.measure``), so they score any video, not only the toy
+They read pixels only (``trainer.toy.world.measure``), so they score any video, not only the toy
 model's; weight them like any other reward, e.g.
 ``[{"name": "toy_colour", "weight": 1}, {"name": "toy_direction", "weight": 0.5}]``.
 """
@@ -21,8 +21,8 @@ import functools
 
 import torch
 
-from .. import toy_world
 from ..errors import UserError
+from ..toy import world as toy_world
 from .base import Reward, RewardOutput, register_reward
 
 _EXAMPLE = toy_world.caption({

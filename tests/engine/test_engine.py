@@ -1,0 +1,249 @@
+"""The engine on the tiny model: plans, rollouts, the ratio invariant, strategies, rectification."""
+
+import math
+
+import pytest
+import torch
+
+from trainer.engine.config import FlashGRPOConfig
+from trainer.engine.recipe import FlashGRPORecipe, sample_noise
+from trainer.engine.rollout import rollout, transition_log_prob
+from trainer.engine.strategies import StepPlan, expected_passes, make_plan, mix_window_start
+
+
+def tiny_cfg(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), run_name="t", iterations=2, sample_videos=False, eval_prompts=0)
+    base.update(kw)
+    return FlashGRPOConfig.from_dict(base, preset="tiny_demo")
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    return FlashGRPORecipe(tiny_cfg(tmp_path)).setup()
+
+
+# ---- plans --------------------------------------------------------------------------------------
+def test_flash_plan_iso_temporal_shares_k_inside_each_group(tmp_path):
+    cfg = tiny_cfg(tmp_path, sampling_steps=20, window_end=10)
+    plan = make_plan(cfg, iteration=3, num_groups=6, group_size=4)
+    ks = plan.sde.float().argmax(dim=1).view(6, 4)
+    assert plan.sde.sum(1).eq(1).all()  # exactly one SDE step per sample
+    assert (ks == ks[:, :1]).all()  # the same k for the whole group
+    assert ks.min() >= 0 and ks.max() < 10
+    assert plan.group_steps == ks[:, 0].tolist()
+    assert torch.equal(plan.train, plan.sde)
+    again = make_plan(cfg, iteration=3, num_groups=6, group_size=4)  # what every rank draws
+    assert torch.equal(again.sde, plan.sde)
+
+
+def test_flash_plan_without_iso_temporal_draws_k_per_sample(tmp_path):
+    cfg = tiny_cfg(tmp_path, sampling_steps=20, iso_temporal=False)
+    plan = make_plan(cfg, iteration=0, num_groups=4, group_size=8)
+    ks = plan.sde.float().argmax(dim=1).view(4, 8)
+    assert any(len(set(row.tolist())) > 1 for row in ks)
+    assert plan.group_steps is None
+
+
+def test_k_is_uniform_over_the_window(tmp_path):
+    cfg = tiny_cfg(tmp_path, sampling_steps=20, window_start=2, window_end=6)
+    counts = torch.zeros(20)
+    for it in range(400):
+        counts += make_plan(cfg, it, 1, 2).sde[0].float()
+    assert counts[:2].sum() == 0 and counts[6:].sum() == 0
+    assert counts[2:6].min() > 70  # 100 expected per step
+
+
+def test_baseline_plans(tmp_path):
+    T = 10
+    full = make_plan(tiny_cfg(tmp_path, strategy="flow_grpo"), 0, 2, 3)
+    assert full.sde.all() and full.train.sum(1).eq(int(T * 0.99)).all()
+    dance = make_plan(tiny_cfg(tmp_path, strategy="dance"), 0, 2, 3)
+    assert dance.sde.all() and dance.train.sum(1).eq(6).all()
+    assert not torch.equal(dance.train[0], dance.train[1]) or not torch.equal(dance.train[1], dance.train[2])
+    mix = tiny_cfg(tmp_path, strategy="mixgrpo", mix_window_size=4, mix_shift_every=2)
+    starts = [mix_window_start(mix, it) for it in range(16)]
+    assert starts[:8] == [0, 0, 1, 1, 2, 2, 3, 3] and starts[14] == 0  # moves, then rolls back (7 positions)
+    p = make_plan(mix, 5, 1, 2)
+    assert p.sde[0].nonzero().flatten().tolist() == [2, 3, 4, 5] and torch.equal(p.train, p.sde)
+
+
+# ---- rollout and the ratio invariant -----------------------------------------------------------
+def _rollout(recipe, plan, groups=None, noise_key=None):
+    prompts = ["a red ball", "a blue square"]
+    G = plan.sde.shape[0] // 2
+    cond = recipe.conditioning([p for p in prompts for _ in range(G)])
+    key = noise_key or (lambda i, step: (i, step))
+
+    def noise_fn(i, step, shape):
+        s, st = key(i, step)
+        return sample_noise(0, 0, s, st, shape)
+
+    return rollout(recipe.transformer, plan, recipe.sigmas, recipe.stds, cond, recipe.latent_shape, noise_fn,
+                   groups=groups), cond
+
+
+def test_ratio_is_exactly_one_before_the_first_update(recipe):
+    plan = make_plan(recipe.cfg, 0, 2, 4)
+    res, cond = _rollout(recipe, plan)
+    idx = torch.arange(res.trans_step.numel())
+    logp, _, _ = transition_log_prob(recipe.transformer, res, idx, recipe.sigmas, recipe.stds, cond)
+    assert torch.equal(logp.detach(), res.log_prob)
+    event = recipe.run_iteration(0)
+    assert event["ratio_mean"] == 1.0 and event["ratio_max_dev"] == 0.0 and event["clip_frac"] == 0.0
+
+
+def test_the_update_changes_the_policy(recipe):
+    plan = make_plan(recipe.cfg, 0, 2, 4)
+    res, cond = _rollout(recipe, plan)
+    recipe.run_iteration(0)
+    idx = torch.arange(res.trans_step.numel())
+    logp, _, _ = transition_log_prob(recipe.transformer, res, idx, recipe.sigmas, recipe.stds, cond)
+    assert not torch.equal(logp.detach(), res.log_prob)
+
+
+def test_shared_prefix_equals_separate_trajectories_with_the_same_noise(recipe):
+    """With initial noise shared in a group, computing the ODE prefix once changes nothing but cost."""
+    plan = make_plan(recipe.cfg, 1, 2, 4)
+    G = 4
+    same_start = lambda i, step: (i - i % G, step) if step < 0 else (i, step)  # noqa: E731
+    separate, _ = _rollout(recipe, plan, groups=None, noise_key=same_start)
+    shared, _ = _rollout(recipe, plan, groups=torch.arange(2).repeat_interleave(G), noise_key=same_start)
+    assert torch.allclose(shared.latents, separate.latents, atol=1e-5)
+    order_s = torch.argsort(shared.trans_sample)
+    order_p = torch.argsort(separate.trans_sample)
+    assert torch.allclose(shared.log_prob[order_s], separate.log_prob[order_p], atol=1e-5)
+    assert shared.inputs.shape[0] == 2 and separate.inputs.shape[0] == 8  # one training input per group
+    ks = torch.tensor(plan.group_steps)
+    expected_rows = int(((ks + 1) * 1 + (recipe.cfg.sampling_steps - ks - 1) * G).sum())
+    assert shared.forward_rows == expected_rows < separate.forward_rows == 8 * recipe.cfg.sampling_steps
+
+
+def test_ode_only_rollout_equals_plain_euler_sampling(recipe):
+    n, T = 2, recipe.cfg.sampling_steps
+    plan = StepPlan(torch.zeros(n, T, dtype=torch.bool), torch.zeros(n, T, dtype=torch.bool), None)
+    res, cond = _rollout(recipe, plan)
+    x = torch.stack([sample_noise(0, 0, i, -1, recipe.latent_shape) for i in range(n)])
+    from trainer.engine.rollout import predict_velocity
+
+    with torch.no_grad():
+        for j in range(T):
+            v = predict_velocity(recipe.transformer, x, recipe.sigmas[j], cond)
+            x = x + (recipe.sigmas[j + 1] - recipe.sigmas[j]) * v
+    assert torch.allclose(res.latents, x, atol=1e-5)
+    assert res.log_prob.numel() == 0
+
+
+def test_cfg_velocity_is_the_guidance_formula(recipe):
+    from trainer.engine.rollout import Conditioning, predict_velocity
+
+    cond = recipe.conditioning(["a red ball"])
+    x = torch.randn(1, *recipe.latent_shape)
+    with torch.no_grad():
+        v = predict_velocity(recipe.transformer, x, 0.7, cond)
+        vc = predict_velocity(recipe.transformer, x, 0.7, Conditioning(cond.cond, None, 1.0))
+        vu = predict_velocity(recipe.transformer, x, 0.7, Conditioning(cond.uncond, None, 1.0))
+    assert torch.allclose(v, vu + 4.5 * (vc - vu), atol=1e-5)
+
+
+# ---- rectification and the update ---------------------------------------------------------------
+def test_rectification_weights_in_an_iteration(tmp_path):
+    r = FlashGRPORecipe(tiny_cfg(tmp_path, iso_temporal=False, prompts_per_iteration=2, group_size=4)).setup()
+    event = r.run_iteration(0)
+    plan = make_plan(r.cfg, 0, 2, 4)
+    ks = plan.sde.float().argmax(1)
+    inv = 1.0 / r.grad_scales[ks]
+    expected = inv / inv.mean()
+    for step, w in event["rect_weights"].items():
+        assert math.isclose(w, float(expected[ks == int(step)][0]), rel_tol=1e-5)
+    off = FlashGRPORecipe(tiny_cfg(tmp_path / "off", rectification=False)).setup().run_iteration(0)
+    assert set(off["rect_weights"].values()) == {1.0}
+
+
+def test_rectified_gradient_equals_weighted_sum_of_per_sample_gradients(tmp_path):
+    """The update's gradient is sum_i c_i * grad(surrogate_i) / M: check against single-sample grads."""
+    from trainer.algo.grpo import clipped_surrogate
+
+    r = FlashGRPORecipe(tiny_cfg(tmp_path, iso_temporal=False)).setup()
+    plan = make_plan(r.cfg, 0, 2, 4)
+    res, cond = _rollout(r, plan)
+    M = res.trans_step.numel()
+    adv = torch.linspace(-1, 1, M)
+    inv = 1.0 / r.grad_scales[res.trans_step]
+    w = inv / inv.mean()
+    # make lora_B non-zero so every LoRA parameter gets a gradient
+    with torch.no_grad():
+        for p in r.lora_params:
+            p.add_(0.01 * torch.randn_like(p))
+
+    def grad_of(index, weights):
+        r.optimizer.zero_grad()
+        logp, _, _ = transition_log_prob(r.transformer, res, index, r.sigmas, r.stds, cond)
+        clipped_surrogate(logp, res.log_prob[index], adv[index], 0.2, weights).loss.sum().backward()
+        return torch.cat([p.grad.flatten().clone() for p in r.lora_params])
+
+    full = grad_of(torch.arange(M), w) / M
+    parts = sum(w[i] * grad_of(torch.tensor([i]), None) for i in range(M)) / M
+    assert torch.allclose(full, parts, rtol=1e-3, atol=1e-9)
+
+
+def test_kl_term_is_zero_before_the_first_update_and_positive_after(tmp_path):
+    r = FlashGRPORecipe(tiny_cfg(tmp_path, kl_beta=0.1)).setup()
+    first = r.run_iteration(0)
+    assert first["kl"] == 0.0  # LoRA B starts at zero: policy == reference
+    second = r.run_iteration(1)
+    assert second["kl"] > 0.0
+
+
+@pytest.mark.parametrize("strategy", ["flow_grpo", "dance", "mixgrpo"])
+def test_every_strategy_runs_an_iteration(tmp_path, strategy):
+    r = FlashGRPORecipe(tiny_cfg(tmp_path, strategy=strategy, dance_best_of_n=1 if strategy == "dance" else 0)).setup()
+    event = r.run_iteration(0)
+    expected = {"flow_grpo": 8 * 9, "dance": 8 * 6, "mixgrpo": 8 * 4}[strategy]
+    assert event["transitions"] == expected
+    assert math.isfinite(event["loss"]) and event["grad_norm"] > 0
+    assert event["ratio_max_dev"] < 1e-3  # the first minibatch is on-policy
+
+
+def test_pass_counts(tmp_path):
+    flash = expected_passes(tiny_cfg(tmp_path))
+    full = expected_passes(tiny_cfg(tmp_path, strategy="flow_grpo"))
+    assert flash["update"] == 2 * 3 and full["update"] == 9 * 2 * 3
+    assert full["total"] / flash["total"] == pytest.approx((20 + 54) / (20 + 6))
+    shared = expected_passes(tiny_cfg(tmp_path, shared_noise=True))
+    assert shared["rollout"] < flash["rollout"]
+
+
+def test_decode_gives_videos_in_unit_range(recipe):
+    videos = recipe.decode(torch.randn(2, *recipe.latent_shape))
+    assert videos.shape == (2, 9, 64, 64, 3)
+    assert videos.min() >= 0 and videos.max() <= 1
+
+
+def test_embeddings_are_cached_per_prompt(recipe):
+    recipe.embed(["a", "b"])
+    n = len(recipe._embeddings)
+    e = recipe.embed(["b", "a", "a"])
+    assert len(recipe._embeddings) == n and e.shape[0] == 3
+    assert torch.equal(e[1], e[2])
+
+
+def test_before_after_sheet_is_written_and_survives_a_resume(tmp_path):
+    """samples/before_after.png: the base model's held-out videos next to the trained ones; a
+    resumed run no longer holds the "before" videos and samples them again from the base model."""
+    from PIL import Image
+
+    cfg = tiny_cfg(tmp_path, iterations=1, eval_prompts=1, sample_videos=True, run_name="ba")
+    first = FlashGRPORecipe(cfg).setup()
+    first.train()
+    sheet = tmp_path / "ba" / "samples" / "before_after.png"
+    made_in_one_go = Image.open(sheet).convert("RGB")
+    before_scores = first._samples["before"][1]
+    sheet.unlink()
+
+    resumed = FlashGRPORecipe(FlashGRPOConfig.from_dict({**cfg.to_dict(), "iterations": 2}),
+                              run_dir=tmp_path / "ba", resume=True).setup()
+    resumed.train()
+    assert "before" in resumed._samples and sheet.is_file()
+    # The base model's samples are the same as those of the run's start (the LoRA starts at zero).
+    assert resumed._samples["before"][1] == before_scores
+    assert Image.open(sheet).size == made_in_one_go.size

@@ -1,0 +1,234 @@
+"""The pack inside a real ComfyUI (CPU): import, /object_info, the demo workflow from /prompt, the
+published LoRA in LoraLoaderModelOnly's list, and an aligned LoRA applied to a ComfyUI-format Wan
+model with every key loaded (weights checked after ComfyUI's ModelSave).
+
+Needs a ComfyUI checkout: ``COMFYUI_DIR=/path/to/ComfyUI`` and, if ComfyUI has its own venv,
+``COMFYUI_PYTHON=/path/to/venv/bin/python`` (default: this interpreter). The server runs with
+``--base-directory`` in a temp folder (models, output, custom_nodes with a symlink to this repo),
+bound to 127.0.0.1 on a free port, and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.pack.test_pack import ROOT, save_comfy_wan, save_tiny_lora, tiny_comfy_wan
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set (path of a ComfyUI checkout)")
+
+NODES = {"FlashGRPOModelSource", "FlashGRPOComfyModel", "FlashGRPOPrompts", "FlashGRPOReward",
+         "FlashGRPOGroupSampler", "FlashGRPORewardScorer", "FlashGRPOTrainer", "FlashGRPOLoraLoader"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Comfy:
+    def __init__(self, base: Path):
+        self.base = base
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "comfyui.log"
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        self.proc = subprocess.Popen(
+            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--base-directory", str(base), "--disable-api-nodes", "--disable-auto-launch",
+             "--database-url", "sqlite:///:memory:"],
+            cwd=COMFYUI_DIR, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, data: dict):
+        req = urllib.request.Request(self.url + path, data=json.dumps(data).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body = r.read()
+                return json.loads(body) if body.strip() else {}
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"POST {path}: {e.code} {e.read()[:2000]!r}") from None
+
+    def wait_ready(self, timeout: float = 240):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                return self.get("/object_info")
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(1)
+        raise AssertionError(f"ComfyUI did not answer in {timeout}s:\n{self.log()[-4000:]}")
+
+    def run(self, prompt: dict, timeout: float = 900) -> dict:
+        pid = self.post("/prompt", {"prompt": prompt, "client_id": "flash-grpo-test"})["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            hist = self.get(f"/history/{pid}")
+            if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+                if hist[pid]["status"].get("status_str") in ("success", "error"):
+                    return hist[pid]
+            time.sleep(1)
+        raise AssertionError(f"prompt {pid} did not finish in {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "flash_grpo").symlink_to(ROOT, target_is_directory=True)
+    wan = tiny_comfy_wan()
+    save_comfy_wan(base / "models" / "diffusion_models" / "tiny_wan_t2v.safetensors", wan)
+    (base / "models" / "loras").mkdir(parents=True)
+    save_tiny_lora(base / "models" / "loras" / "tiny_wan_lora.safetensors", wan, rank=4, alpha=8.0)
+    server = Comfy(base)
+    try:
+        server.object_info = server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_pack_imports_and_every_node_is_listed(comfy):
+    info = comfy.object_info
+    assert NODES <= set(info), sorted(NODES - set(info))
+    assert {info[n]["category"] for n in NODES} == {"Flash-GRPO"}
+    log = comfy.log()
+    assert "IMPORT FAILED" not in "\n".join(ln for ln in log.splitlines() if "flash_grpo" in ln), log[-3000:]
+    assert "Cannot import" not in "\n".join(ln for ln in log.splitlines() if "flash_grpo" in ln)
+    assert "/extensions/flash_grpo/flash_grpo.js" in comfy.get("/extensions")
+    assert set(comfy.get("/api/workflow_templates")["flash_grpo"]) >= {"demo", "align", "generate_with_lora"}
+    for n in NODES:
+        for section in ("required", "optional"):
+            for name, spec in info[n]["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), f"{n}.{name}"
+
+
+def test_demo_workflow_runs_from_prompt_and_publishes_the_lora(comfy):
+    sys.path.insert(0, str(ROOT))
+    from trainer.graph.node_types import NODE_CLASS_MAPPINGS
+    from trainer.graph.workflow import load_workflow
+
+    prompt = load_workflow(ROOT / "workflows" / "demo.json", NODE_CLASS_MAPPINGS)
+    run = f"itest-{os.getpid()}-{int(time.time())}"
+    trainer_id = next(k for k, n in prompt.items() if n["class_type"] == "FlashGRPOTrainer")
+    prompt[trainer_id]["inputs"].update({"iterations": 2, "run_name": run,
+                                         "config_overrides": json.dumps({"sampling_steps": 6})})
+    result = comfy.run(prompt)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000] + comfy.log()[-3000:]
+    text = result["outputs"][trainer_id]["text"][0]
+    assert text.startswith("2/2 iterations") and f"flash_grpo/{run}.safetensors" in text
+
+    loras = comfy.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
+    assert f"flash_grpo/{run}.safetensors" in loras
+    ours = comfy.get("/object_info/FlashGRPOLoraLoader")["FlashGRPOLoraLoader"]["input"]["required"]["lora_name"][0]
+    assert f"flash_grpo/{run}.safetensors" in ours
+    events = comfy.get(f"/flash_grpo/runs/{run}/events")
+    assert [e["iteration"] for e in events["events"] if e["event"] == "iteration"] == [0, 1]
+    assert events["status"] == "done"
+    assert (comfy.base / "output" / "flash_grpo" / "runs" / run / "checkpoints" / "latest.pt").is_file()
+
+    # That LoRA (built-in tiny model) does not fit the ComfyUI Wan model: refused with the reason.
+    bad = comfy.run({
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_wan_t2v.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "FlashGRPOLoraLoader", "inputs": {"model": ["1", 0], "lora_name": f"flash_grpo/{run}.safetensors", "strength": 1.0}},
+        "3": {"class_type": "ModelSave", "inputs": {"model": ["2", 0], "filename_prefix": "diffusion_models/refused"}},
+    })
+    assert bad["status"]["status_str"] == "error"
+    assert "trained on another model" in json.dumps(bad["status"]["messages"])
+
+
+def test_aligned_lora_applies_to_a_comfyui_wan_model_with_every_key_loaded(comfy):
+    from safetensors.torch import load_file
+
+    from trainer.engine.lora import read_aligned_lora
+
+    result = comfy.run({
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_wan_t2v.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "FlashGRPOLoraLoader", "inputs": {"model": ["1", 0], "lora_name": "tiny_wan_lora.safetensors", "strength": 1.0}},
+        "3": {"class_type": "ModelSave", "inputs": {"model": ["2", 0], "filename_prefix": "diffusion_models/with_lora"}},
+        "4": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": "tiny_wan_lora.safetensors", "strength_model": 0.5}},
+        "5": {"class_type": "ModelSave", "inputs": {"model": ["4", 0], "filename_prefix": "diffusion_models/stock_lora"}},
+    })
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000] + comfy.log()[-3000:]
+    assert "strategy: flash" in result["outputs"]["2"]["text"][0]
+    log = comfy.log()
+    assert "lora key not loaded" not in log and "NOT LOADED" not in log, log[-3000:]
+
+    base = load_file(str(comfy.base / "models" / "diffusion_models" / "tiny_wan_t2v.safetensors"))
+    lora_sd, meta = read_aligned_lora(comfy.base / "models" / "loras" / "tiny_wan_lora.safetensors")
+    scale = float(meta["lora_alpha"]) / int(meta["lora_rank"])
+    modules = sorted(k[len("diffusion_model."):-len(".lora_A.weight")] for k in lora_sd if k.endswith(".lora_A.weight"))
+    assert len(modules) == 2 * 8
+    for prefix, strength in (("with_lora", 1.0), ("stock_lora", 0.5)):
+        (saved_path,) = sorted((comfy.base / "output" / "diffusion_models").glob(f"{prefix}_*.safetensors"))
+        saved = load_file(str(saved_path))
+        for m in modules:
+            key = next(k for k in saved if k.endswith(f"diffusion_model.{m}.weight"))
+            a, b = lora_sd[f"diffusion_model.{m}.lora_A.weight"], lora_sd[f"diffusion_model.{m}.lora_B.weight"]
+            want = base[f"model.diffusion_model.{m}.weight"].float() + strength * scale * (b.float() @ a.float())
+            assert torch.allclose(saved[key].float(), want, atol=2e-3, rtol=1e-2), (prefix, m)
+
+
+def test_cancel_stops_the_run_and_keeps_its_checkpoint(comfy):
+    from trainer.graph.node_types import NODE_CLASS_MAPPINGS
+    from trainer.graph.workflow import load_workflow
+
+    prompt = load_workflow(ROOT / "workflows" / "demo.json", NODE_CLASS_MAPPINGS)
+    run = f"icancel-{os.getpid()}-{int(time.time())}"
+    trainer_id = next(k for k, n in prompt.items() if n["class_type"] == "FlashGRPOTrainer")
+    prompt[trainer_id]["inputs"].update({"iterations": 200, "run_name": run,
+                                         "config_overrides": json.dumps({"sampling_steps": 6, "checkpoint_every": 1000})})
+    pid = comfy.post("/prompt", {"prompt": prompt, "client_id": "flash-grpo-test"})["prompt_id"]
+    deadline = time.time() + 600
+    while time.time() < deadline:  # wait for the first iteration (the live route)
+        try:
+            if any(e["event"] == "iteration" for e in comfy.get(f"/flash_grpo/runs/{run}/events")["events"]):
+                break
+        except urllib.error.HTTPError:
+            pass
+        time.sleep(1)
+    comfy.post("/interrupt", {})
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        hist = comfy.get(f"/history/{pid}")
+        if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+            break
+        time.sleep(1)
+    status = hist[pid]["status"]
+    assert status["status_str"] == "error" and any(m[0] == "execution_interrupted" for m in status["messages"]), status
+    run_dir = comfy.base / "output" / "flash_grpo" / "runs" / run
+    assert (run_dir / "checkpoints" / "latest.pt").is_file(), "cancel keeps the checkpoint"
+    events = comfy.get(f"/flash_grpo/runs/{run}/events")
+    assert events["status"] == "cancelled" and events["events"][-1]["event"] == "cancelled"
+    done = events["events"][-1]["iteration"]
+    assert 1 <= done < 200

@@ -1,0 +1,246 @@
+"""The backend trainer process: real torchrun processes, real HTTP on loopback."""
+
+import json
+import os
+import signal
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.engine.config import FlashGRPOConfig
+from trainer.service import client
+
+
+def tiny(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), sample_videos=False, eval_prompts=0, iterations=3)
+    base.update(kw)
+    return FlashGRPOConfig.from_dict(base, preset="tiny_demo")
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    c = client.launch(1, tmp_path_factory.mktemp("state"))
+    yield c
+    c.shutdown()
+
+
+def test_listens_on_loopback_only_with_a_token(backend):
+    assert backend.url.startswith("http://127.0.0.1:")
+    info = json.loads((backend.directory / "backend.json").read_text())
+    assert oct((backend.directory / "backend.json").stat().st_mode & 0o777) == "0o600"
+    assert len(info["token"]) >= 32
+    req = urllib.request.Request(backend.url + "/health")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 401
+    bad = client.BackendClient(backend.url, "wrong-token")
+    with pytest.raises(client.BackendError, match="refused the token"):
+        bad.health()
+    assert backend.health()["ok"]
+    # nothing answers on the machine's other addresses
+    port = int(backend.url.rsplit(":", 1)[1])
+    addrs = {ai[4][0] for ai in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
+    for addr in addrs:
+        with socket.socket() as s:
+            s.settimeout(1)
+            assert s.connect_ex((addr, port)) != 0
+
+
+def test_warm_backend_loads_the_model_once(backend, tmp_path):
+    cfg = tiny(tmp_path)
+    first = backend.run_job("sample", {"config": cfg.to_dict(), "prompts": ["a red ball"]})
+    loads = backend.health()["model_loads"]
+    second = backend.run_job("sample", {"config": cfg.to_dict(), "prompts": ["a cat", "a dog"]})
+    assert loads == 1 and backend.health()["model_loads"] == 1
+    assert first["videos"]["shape"] == [4, 9, 64, 64, 3] and second["videos"]["shape"] == [8, 9, 64, 64, 3]
+
+
+def test_backend_runner_gives_what_the_local_runner_gives(backend, tmp_path):
+    """Sample and score through the backend (its counters move) and here: the same results."""
+    from trainer.rewards import as_uint8
+    from trainer.service.runner import BackendRunner, LocalRunner
+
+    remote, local = BackendRunner(1, client=backend), LocalRunner()
+    cfg = tiny(tmp_path)
+    before = backend.health()["jobs_run"]
+    out = remote.sample(cfg, ["a red ball", "a cat"])
+    assert backend.health()["jobs_run"] == {**before, "sample": before["sample"] + 1}
+    here = local.sample(cfg, ["a red ball", "a cat"])
+    assert out.steps == here.steps and out.prompts == here.prompts
+    assert torch.allclose(out.videos, here.videos, atol=1 / 255 + 1e-6)  # uint8 transport
+    scored = remote.score([{"name": "brightness"}], out.videos, out.prompts, 4)
+    assert backend.health()["jobs_run"] == {**before, "sample": before["sample"] + 1, "score": before["score"] + 1}
+    # the backend receives uint8 videos: score the same uint8 videos here
+    mine = local.score([{"name": "brightness"}], as_uint8(out.videos), out.prompts, 4)
+    assert scored.scores.shape == (8,)
+    assert torch.allclose(scored.scores, mine.scores) and torch.allclose(scored.advantages, mine.advantages, atol=1e-4)
+
+
+def test_each_node_job_reaches_the_backend(backend, tmp_path):
+    """The group sampler's, the scorer's and the trainer's jobs run in the backend: after each
+    node, the backend's own count of jobs of that kind (``/health``) is one higher."""
+    from trainer.graph import host, node_types
+    from trainer.service.runner import BackendRunner
+
+    class BackendHost(host.Host):
+        def runner(self, gpus=1):
+            return BackendRunner(gpus, client=backend)
+
+    model = {"model": "tiny", "device": "cpu", "dtype": "float32", "gpus": 1}
+    prompts = {"prompts": ["a red ball", "a cat"], "prompt_file": "", "eval_prompts": 0}
+    reward = [{"name": "brightness", "weight": 1.0, "args": {}}]
+    counts = [backend.health()["jobs_run"]]
+    old = host.current()
+    host.install(BackendHost())
+    try:
+        out = node_types.FlashGRPOGroupSampler().sample(model, prompts, 2, 2, "tiny_demo", 0, 0,
+                                                         json.dumps({"sampling_steps": 4}))
+        counts.append(backend.health()["jobs_run"])
+        videos, per_video = out["result"][0], out["result"][1]
+        node_types.FlashGRPORewardScorer().score([reward], [2], ["group"], [5.0], videos=videos, prompts=per_video)
+        counts.append(backend.health()["jobs_run"])
+        node_types.FlashGRPOTrainer().train(model, prompts, reward, "tiny_demo", "flash", 1, 1, 2, 1e-3, 2, 0,
+                                            "via-backend", False, json.dumps({"output_dir": str(tmp_path),
+                                                                              "sampling_steps": 4}))
+        counts.append(backend.health()["jobs_run"])
+    finally:
+        host.install(old)
+    for kind, (a, b) in zip(("sample", "score", "train"), zip(counts, counts[1:])):
+        assert b == {**a, kind: a[kind] + 1}, (kind, a, b)
+    assert (tmp_path / "via-backend" / "lora" / "via-backend.safetensors").is_file()
+
+
+def test_in_process_runner_is_chosen_once_by_the_host():
+    """``--in-process`` (a host with ``in_process``) gives a local runner; the default host the
+    backend; the choice is kept per host and refuses more than one process in-process."""
+    from trainer.errors import UserError
+    from trainer.graph import host
+    from trainer.service.runner import BackendRunner, LocalRunner
+
+    local = host.Host()
+    local.in_process = True
+    assert isinstance(local.runner(), LocalRunner) and local.runner() is local.runner()
+    with pytest.raises(UserError, match="in-process jobs use one process"):
+        local.runner(2)
+    remote = host.Host()
+    assert isinstance(remote.runner(2), BackendRunner) and remote.runner(2).gpus == 2  # nothing started yet
+    remote.close()
+
+
+def test_client_can_reattach_and_read_all_events(backend, tmp_path):
+    cfg = tiny(tmp_path, run_name="reattach")
+    job_id = backend.request("POST", "/jobs", {"kind": "train", "config": cfg.to_dict()})["job_id"]
+    # the submitting client goes away; a new one follows the same job from the start
+    other = client.BackendClient(backend.url, backend.token)
+    events = []
+    result = other.run_job("train", {}, on_event=events.append, job_id=job_id)
+    assert result["state"] == "done" and result["iterations_done"] == 3
+    assert [e["iteration"] for e in events if e["event"] == "iteration"] == [0, 1, 2]
+    assert Path(result["lora_path"]).is_file()
+
+
+def test_cancel_stops_within_an_iteration_and_leaves_a_resumable_checkpoint(backend, tmp_path):
+    cfg = tiny(tmp_path, run_name="cancel", iterations=50)
+    seen = []
+    result = backend.run_job("train", {"config": cfg.to_dict()}, on_event=seen.append,
+                             should_stop=lambda: any(e["event"] == "iteration" for e in seen))
+    assert result["state"] == "cancelled" and result["cancelled"]
+    done = result["iterations_done"]
+    assert 1 <= done <= 3  # stopped within about an iteration of the request
+    from trainer.engine.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "cancel" / "checkpoints" / "latest.pt")["iteration"] == done
+    resumed = backend.run_job("train", {"config": {**cfg.to_dict(), "iterations": done + 2}, "resume": True})
+    assert resumed["state"] == "done" and resumed["iterations_done"] == done + 2
+
+
+class _Interrupted(Exception):
+    """Stands for ComfyUI's InterruptProcessingException, raised by its progress-bar hook."""
+
+
+def test_an_exception_in_the_event_callback_cancels_the_job_and_keeps_its_checkpoint(backend, tmp_path):
+    """ComfyUI's progress hook raises its interrupt inside on_event: the job must not run on."""
+    from trainer.engine.checkpoint import load_checkpoint
+
+    cfg = tiny(tmp_path, run_name="raises", iterations=200)
+
+    def on_event(e):
+        if e["event"] == "iteration":
+            raise _Interrupted()
+
+    with pytest.raises(_Interrupted):
+        backend.run_job("train", {"config": cfg.to_dict()}, on_event=on_event)
+    # By the time the exception reaches the caller the job has ended, with its checkpoint.
+    done = load_checkpoint(tmp_path / "raises" / "checkpoints" / "latest.pt")["iteration"]
+    assert 1 <= done < 200
+    events = [json.loads(line) for line in (tmp_path / "raises" / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "cancelled"
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int:
+    """The pid of torchrun worker ``rank`` (a child of the launcher with RANK=<rank> in its environment)."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = int(next(ln.split()[1] for ln in status.read_text().splitlines() if ln.startswith("PPid:")))
+            environ = (status.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, StopIteration):
+            continue
+        if ppid == launcher_pid and f"RANK={rank}".encode() in environ:
+            return int(status.parent.name)
+    raise AssertionError(f"no worker with RANK={rank} under pid {launcher_pid}")
+
+
+def test_killing_a_rank_gives_a_clear_error_and_a_resumable_checkpoint(tmp_path):
+    state = tmp_path / "state2"
+    c = client.launch(2, state)
+    try:
+        cfg = tiny(tmp_path, run_name="killed", iterations=40, checkpoint_every=1)
+        seen = []
+
+        def kill_after_two():
+            if sum(e["event"] == "iteration" for e in seen) >= 2:
+                os.kill(_rank_pid(c.process.pid, 1), signal.SIGKILL)
+                seen.append({"event": "killed"})
+            return False
+
+        with pytest.raises(client.BackendError) as err:
+            c.run_job("train", {"config": cfg.to_dict()}, on_event=seen.append,
+                      should_stop=lambda: kill_after_two() if not any(e["event"] == "killed" for e in seen) else False)
+        message = str(err.value)
+        assert "rank 1" in message and "SIGKILL" in message and "resume" in message
+    finally:
+        try:
+            os.killpg(c.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    from trainer.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "killed" / "checkpoints" / "latest.pt")
+    assert ckpt["iteration"] >= 2
+    fresh = client.launch(1, tmp_path / "state3")
+    try:
+        resumed = fresh.run_job("train", {"config": {**cfg.to_dict(), "iterations": ckpt["iteration"] + 1},
+                                          "resume": True})
+        assert resumed["state"] == "done" and resumed["iterations_done"] == ckpt["iteration"] + 1
+    finally:
+        fresh.shutdown()
+
+
+def test_weights_hash_ignores_a_lora_that_was_added_and_removed():
+    """A warm model reused after a LoRA run keeps its hash (resume on a warm backend)."""
+    from trainer.engine import lora as lora_lib
+    from trainer.engine.models import build_tiny_pipeline, weights_hash
+
+    transformer = build_tiny_pipeline(seed=0).transformer
+    before = weights_hash(transformer)
+    lora_lib.add_lora(transformer, rank=4, alpha=8.0)
+    assert weights_hash(transformer) == before
+    lora_lib.remove_lora(transformer)
+    assert weights_hash(transformer) == before
+    with torch.no_grad():
+        next(transformer.parameters()).add_(1e-3)
+    assert weights_hash(transformer) != before

@@ -1,0 +1,70 @@
+"""The shipped pretrained toy Wan model (trainer/assets/toy_wan) and the script that trains it."""
+
+import json
+
+import torch
+
+from trainer.engine.models import TOY_MODEL_DIR, load_pipeline
+from trainer.toy import model as toy_model
+from trainer.toy import world as toy_world
+from trainer.toy.model import caption_following
+
+
+def test_toy_model_loads_through_the_diffusers_folder_path():
+    """"toy" is only a name for the shipped folder: same loader, same weights as its path."""
+    for name in ("model_index.json", "transformer", "text_encoder", "tokenizer", "vae", "scheduler"):
+        assert (TOY_MODEL_DIR / name).exists(), name
+    size = sum(p.stat().st_size for p in TOY_MODEL_DIR.rglob("*") if p.is_file())
+    assert size < 4_000_000
+    by_name, by_path = load_pipeline("toy"), load_pipeline(str(TOY_MODEL_DIR))
+    assert type(by_name).__name__ == "WanPipeline"
+    a, b = by_name.transformer.state_dict(), by_path.transformer.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Every caption word is one token: the tokenizer was built for the toy vocabulary.
+    caption = toy_world.caption(toy_world.random_attributes(1, torch.Generator().manual_seed(0))[0])
+    assert len(by_name.tokenizer(caption).input_ids) == len(caption.split()) + 1  # + </s>
+
+
+def test_samples_follow_captions_far_above_chance():
+    """ODE samples of fresh captions through the engine, read from pixels by the exact rewards.
+
+    Under chance the colour is right 1/6 of the time: 24 or more right of 48 has probability
+    below 1e-6, so the threshold cannot be met by a model that ignores its caption.
+    """
+    report = caption_following("toy", n=48, seed=777)
+    assert report["rates"]["colour"] >= 0.5, report
+    above = [a for a in toy_world.ATTRIBUTES if report["rates"][a] >= report["chance"][a] + 0.3]
+    assert len(above) >= 2, report  # colour and background (see the README for all rates)
+
+
+def test_shipped_report_lists_every_attribute_against_chance():
+    report = json.loads((TOY_MODEL_DIR / "report.json").read_text())
+    assert set(report["rates"]) == set(toy_world.ATTRIBUTES)
+    assert report["rates"]["colour"] > report["chance"]["colour"]
+
+
+def test_training_script_writes_a_loadable_folder(tmp_path):
+    """A few steps of the real script: data, tokenizer, flow matching, save, report."""
+    out = tmp_path / "toy"
+    toy_model.main(["--out", str(out), "--clips", "32", "--steps", "3", "--batch-size", "8",
+                    "--report-samples", "4", "--threads", "1"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["train_steps"] == 3 and report["samples"] == 4
+    pipe = load_pipeline(str(out))
+    trained = pipe.transformer.state_dict()
+    fresh = toy_model.build_untrained(0, toy_model.TINY_VAE).transformer.state_dict()
+    assert any(not torch.equal(trained[k], fresh[k]) for k in fresh)  # the EMA moved
+
+
+def test_training_encodes_prompts_like_the_engine():
+    """The script trains on the pipeline's own prompt encoding, which the recipe also uses."""
+    pipe = toy_model.build_untrained(0, toy_model.TINY_VAE)
+    pipe.text_encoder.eval()  # no dropout: compare the encodings themselves
+    prompts = ["a small red circle on the left moves up slowly on a black background", ""]
+    with torch.no_grad():
+        ours = pipe._get_t5_prompt_embeds(prompts, max_sequence_length=toy_model.MAX_SEQUENCE_LENGTH,
+                                          device=torch.device("cpu"))
+        engine, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
+                                       max_sequence_length=toy_model.MAX_SEQUENCE_LENGTH, device=torch.device("cpu"))
+    assert torch.equal(ours, engine)
+    assert ours[0, 15:].abs().sum() == 0 and ours[0, :15].abs().sum() > 0  # 14 words + </s>, zero-padded

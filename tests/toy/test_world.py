@@ -1,0 +1,110 @@
+"""The toy world: generator, captions, pixel readings and the exact toy rewards."""
+
+import pytest
+import torch
+
+from trainer.errors import UserError
+from trainer.rewards import available_rewards, build_reward, build_reward_set
+from trainer.toy import world as W
+
+
+@pytest.fixture(scope="module")
+def clips():
+    videos, attrs, captions = W.generate(192, seed=3)
+    return W.to_reward_layout(videos), attrs, captions
+
+
+def test_generate_is_deterministic_and_seeded():
+    a, attrs_a, caps_a = W.generate(8, seed=5)
+    b, attrs_b, caps_b = W.generate(8, seed=5)
+    c, _, caps_c = W.generate(8, seed=6)
+    assert torch.equal(a, b) and attrs_a == attrs_b and caps_a == caps_b
+    assert not torch.equal(a, c) and caps_a != caps_c
+    assert a.shape == (8, 3, 9, 64, 64) and a.min() >= -1 and a.max() <= 1
+
+
+def test_every_choice_occurs_and_captions_parse_back(clips):
+    _, attrs, captions = clips
+    for attr, choices in W.CHOICES.items():
+        assert {a[attr] for a in attrs} == set(choices), attr
+    for a, c in zip(attrs, captions):
+        assert W.parse_caption(c) == a
+    assert W.parse_caption("a red square moving left") == {"colour": "red", "shape": "square", "direction": "left"}
+    assert W.parse_caption("a dog") == {}
+
+
+def test_readings_are_exact_on_generated_clips(clips):
+    videos, attrs, _ = clips
+    read = W.read_attributes(videos)
+    for attr in W.ATTRIBUTES:
+        wrong = [(r[attr], a[attr]) for r, a in zip(read, attrs) if r[attr] != a[attr]]
+        assert not wrong, (attr, wrong[:5])
+
+
+def test_measured_motion_matches_the_rendered_velocity():
+    base = {"colour": "red", "shape": "square", "size": "large", "position": "center",
+            "speed": "fast", "background": "black"}
+    for direction, (dx, dy) in W.DIRECTIONS.items():
+        video = W.render([{**base, "direction": direction}], g=torch.Generator().manual_seed(0))
+        v = W.measure(W.to_reward_layout(video)).velocity[0]
+        # Speed jitter is +-10 % of 0.045 of the side per frame.
+        assert v[0] * dx + v[1] * dy == pytest.approx(0.045, rel=0.12), direction
+        assert abs(v[0] * dy) + abs(v[1] * dx) < 1e-3, direction  # no motion across
+
+
+def test_a_blank_video_shows_no_object_and_scores_zero():
+    blank = torch.full((1, 9, 64, 64, 3), 0.5)
+    probs = W.attribute_probs(W.measure(blank))
+    assert probs["colour"].sum() == 0 and probs["direction"].sum() == 0
+    assert W.CHOICES["background"][int(probs["background"].argmax())] == "gray"
+    out = build_reward("toy_caption")(blank, ["a red circle on a gray background"])
+    gray = probs["background"][0, W.CHOICES["background"].index("gray")].item()
+    assert gray > 0.9
+    assert out.scores.item() == pytest.approx(gray / 3, abs=1e-5)  # background right, colour and shape absent
+    assert out.details["accuracy"].item() == pytest.approx(1 / 3)
+
+
+def test_rewards_are_registered_and_score_the_asked_choice(clips):
+    videos, attrs, captions = clips
+    names = {"toy_caption"} | {f"toy_{a}" for a in W.ATTRIBUTES}
+    assert names <= set(available_rewards())
+    out = build_reward("toy_caption")(videos[:32], captions[:32])
+    assert out.details["accuracy"].min() == 1.0
+    assert out.scores.mean() > 0.85
+    assert set(out.details) == set(W.ATTRIBUTES) | {"accuracy"}
+
+    # Ask each clip for a wrong colour: toy_colour collapses, the other attributes do not care.
+    wrong = [c.replace(a["colour"], "green" if a["colour"] != "green" else "blue") for a, c in zip(attrs[:32], captions[:32])]
+    right = build_reward("toy_colour")(videos[:32], captions[:32]).scores
+    bad = build_reward("toy_colour")(videos[:32], wrong).scores
+    assert right.min() > 0.8 and bad.max() < 0.1
+    assert torch.allclose(build_reward("toy_direction")(videos[:32], wrong).scores,
+                          build_reward("toy_direction")(videos[:32], captions[:32]).scores)
+
+    # Weighted sums combine them like any reward.
+    mixed = build_reward_set([{"name": "toy_colour", "weight": 2.0}, {"name": "toy_speed", "weight": 1.0}])
+    out = mixed(videos[:8], captions[:8])
+    expected = 2 * out.details["toy_colour"] + out.details["toy_speed"]
+    assert torch.allclose(out.scores, expected)
+
+
+def test_a_prompt_without_the_attribute_is_a_clear_error(clips):
+    videos, _, _ = clips
+    with pytest.raises(UserError, match="states no direction"):
+        build_reward("toy_direction")(videos[:1], ["a red circle"])
+    with pytest.raises(UserError, match="toy-world captions such as"):
+        build_reward("toy_caption")(videos[:1], ["a cat on the grass"])
+
+
+def test_readings_survive_the_vae():
+    """What the rewards see in training: decoded videos of the shipped tiny VAE."""
+    from diffusers import AutoencoderKLWan
+
+    from trainer.toy.vae import DEFAULT_OUT, reconstruct
+
+    vae = AutoencoderKLWan.from_pretrained(str(DEFAULT_OUT)).eval()
+    videos, attrs, _ = W.generate(32, seed=11)
+    read = W.read_attributes(W.to_reward_layout(reconstruct(vae, videos)))
+    for attr in ("colour", "size", "position", "direction", "speed", "background"):
+        rate = sum(r[attr] == a[attr] for r, a in zip(read, attrs)) / len(attrs)
+        assert rate >= 0.9, (attr, rate)

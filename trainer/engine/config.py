@@ -1,0 +1,319 @@
+"""The one training config: ``FlashGRPOConfig``.
+
+One dataclass, every field with a default and a help text (TRL style). The CLI flags of
+``python -m trainer.train`` and the JSON stored with every checkpoint and in the LoRA metadata are
+generated from it. ``validate()`` names the field and the allowed values of anything wrong.
+
+Presets (``PRESETS``) are partial dicts applied on top of the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..algo.sde import NOISE_SCHEDULES as NOISE_SCHEDULE_NAMES
+from ..errors import UserError
+from .presets import PRESETS
+from .strategies import DEFAULT_STRATEGY, STRATEGIES, get_strategy
+
+NOISE_SCHEDULES = ("auto", *NOISE_SCHEDULE_NAMES)
+
+
+def _strategy_help() -> dict[str, str]:
+    """Help texts of the fields whose choices or ``auto``/``null`` defaults come from the strategies."""
+    names = list(STRATEGIES)
+    on = lambda attr: [n for n in names if getattr(STRATEGIES[n], attr)]  # noqa: E731
+    off = lambda attr: [n for n in names if not getattr(STRATEGIES[n], attr)]  # noqa: E731
+    return {
+        "strategy": "; ".join(f"{s.name}: {s.summary}" for s in STRATEGIES.values()) + ".",
+        "noise": ", ".join(f"{s.name}->{s.noise_schedule}" for s in STRATEGIES.values()),
+        "rectification": f"on for {', '.join(on('rectification'))}, off for {', '.join(off('rectification'))}",
+        "shared_noise": f"on for {', '.join(on('shared_noise'))}, off otherwise",
+    }
+
+
+_HELP = _strategy_help()
+
+
+def _f(default, help: str, choices: tuple | None = None, **kw):
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class FlashGRPOConfig:
+    """Everything a Flash-GRPO run needs. Defaults are a small CPU-friendly run on the tiny model;
+    ``PRESETS["flash_grpo_wan2.1_1.3b"]`` is the paper's recipe."""
+
+    # --- model --------------------------------------------------------------------------------
+    model: str = _f("tiny", "'tiny' (built-in random-initialised test model), 'toy' (the shipped "
+                    "pretrained toy-world model) or a local diffusers Wan2.1 T2V folder (layout of "
+                    "Wan2.1-T2V-1.3B-Diffusers).")
+    device: str = _f("auto", "Where to run: auto (cuda if available), cpu or cuda.", ("auto", "cpu", "cuda"))
+    dtype: str = _f("auto", "Transformer weights/autocast dtype: auto (bfloat16 on CUDA, float32 on "
+                    "CPU), float32 or bfloat16. SDE math is always float32.",
+                    ("auto", "float32", "bfloat16"))
+    parallel: str = _f("ddp", "How several processes share the model: ddp (a full copy per GPU, LoRA "
+                       "gradients all-reduced; 1.3B) or fsdp (weights fully sharded, bf16 compute; "
+                       "needed for 14B). Ignored on one process.", ("ddp", "fsdp"))
+    gradient_checkpointing: bool = _f(True, "Recompute transformer blocks in the backward pass (CUDA only).")
+    # --- LoRA ---------------------------------------------------------------------------------
+    lora_rank: int = _f(16, "LoRA rank r.")
+    lora_alpha: float = _f(32.0, "LoRA alpha (scale alpha/r).")
+    lora_ffn: bool = _f(False, "Also put LoRA on the feed-forward layers (attention projections always).")
+    # --- sampling -----------------------------------------------------------------------------
+    height: int = _f(64, "Video height in pixels (multiple of 16).")
+    width: int = _f(64, "Video width in pixels (multiple of 16).")
+    num_frames: int = _f(9, "Frames per video (4n+1).")
+    sampling_steps: int = _f(10, "Sampling steps T of the rollout.")
+    eval_sampling_steps: int = _f(10, "Sampling steps of the before/after sample videos.")
+    shift: float = _f(3.0, "Time shift of the sigma grid (Wan2.1 480p recipes: 3).")
+    guidance_scale: float = _f(4.5, "Classifier-free guidance scale, identical in rollout and training (1 = off).")
+    negative_prompt: str = _f("", "Negative prompt for classifier-free guidance.")
+    max_sequence_length: int = _f(512, "Text tokens per prompt (Wan: 512).")
+    # --- strategy -----------------------------------------------------------------------------
+    strategy: str = _f(DEFAULT_STRATEGY, _HELP["strategy"], tuple(STRATEGIES))
+    iso_temporal: bool = _f(True, "flash: all samples of a prompt's group share the SDE step k. "
+                            "Off = each sample draws its own k (ablation).")
+    rectification: bool | None = _f(None, "Weight each trained transition by 1/K(t), normalised to mean 1 "
+                                    "over the global batch (temporal gradient rectification). null = the "
+                                    f"strategy's default ({_HELP['rectification']}, as published); false with "
+                                    "flash = ablation.")
+    noise_schedule: str = _f("auto", f"SDE noise scale s(t); auto = the strategy's own ({_HELP['noise']}).",
+                             NOISE_SCHEDULES)
+    noise_level: float | None = _f(None, "Noise level of the schedule (flash: multiplier, 1.0; "
+                                   "flow_grpo: a, 0.7; dance: eta, 0.3). null = the schedule's default.")
+    window_start: int = _f(0, "flash: first step index k may take.")
+    window_end: int | None = _f(None, "flash: k is drawn uniformly from [window_start, window_end); "
+                                "null = half of sampling_steps.")
+    timestep_fraction: float = _f(0.99, "flow_grpo: train on the first fraction of each trajectory's steps.")
+    dance_train_fraction: float = _f(0.6, "dance: fraction of steps trained, drawn at random per iteration.")
+    dance_best_of_n: int = _f(0, "dance: if > 0, train only the best and worst samples of each group.")
+    mix_window_size: int = _f(4, "mixgrpo: width W of the SDE/training window.")
+    mix_shift_every: int = _f(25, "mixgrpo: move the window one step toward clean every this many iterations.")
+    shared_noise: bool | None = _f(None, "Share the initial noise inside a group; with flash the ODE "
+                                   "prefix before k is then computed once per group. null = strategy "
+                                   f"default ({_HELP['shared_noise']}).")
+    # --- GRPO ---------------------------------------------------------------------------------
+    prompts_per_iteration: int = _f(2, "Prompts B per iteration (global, over all processes).")
+    group_size: int = _f(4, "Videos G sampled per prompt.")
+    advantage_std: str = _f("group", "Normalise advantages by each group's std or the global batch's.", ("group", "global"))
+    advantage_clip: float = _f(5.0, "Clip advantages to +-this.")
+    clip_range: float = _f(1e-3, "PPO ratio clip epsilon.")
+    kl_beta: float = _f(0.0, "Weight of the KL to the LoRA-disabled model (0 = off, saves a forward).")
+    # --- optimisation -------------------------------------------------------------------------
+    iterations: int = _f(20, "Training iterations (one rollout + one update each).")
+    learning_rate: float = _f(1e-4, "AdamW learning rate.")
+    weight_decay: float = _f(1e-4, "AdamW weight decay.")
+    adam_betas: list = _f([0.9, 0.999], "AdamW betas.")
+    max_grad_norm: float = _f(1.0, "Gradient-norm clip (0 = off).")
+    updates_per_iteration: int = _f(1, "Optimizer steps per iteration (the batch is split into this many minibatches).")
+    micro_batch_size: int = _f(0, "Transitions per forward/backward in the update (0 = whole minibatch).")
+    ema_decay: float = _f(0.9, "EMA decay of the LoRA weights (0 = off). The exported LoRA is the EMA when on.")
+    # --- rewards ------------------------------------------------------------------------------
+    rewards: list = _f([{"name": "brightness", "weight": 1.0}],
+                       "Rewards as [{name, weight, args}], summed with their weights.")
+    # --- data ---------------------------------------------------------------------------------
+    prompts: list = _f([], "Training prompts (used when prompt_file is empty).")
+    prompt_file: str = _f("", "Text file with one prompt per line (blank lines and # comments skipped).")
+    eval_prompts: int = _f(2, "Prompts held out for evaluation and before/after videos.")
+    # --- run ----------------------------------------------------------------------------------
+    seed: int = _f(0, "Seed of everything: model init (tiny), prompts order, steps k, noise.")
+    output_dir: str = _f("runs", "Folder that receives one run directory per run.")
+    run_name: str = _f("", "Run directory name (empty = strategy + timestamp).")
+    checkpoint_every: int = _f(5, "Write a checkpoint every this many iterations (and at the end / on cancel).")
+    sample_videos: bool = _f(True, "Write before/after mp4s of the held-out prompts.")
+    fps: int = _f(16, "Frames per second of written videos.")
+
+    # ------------------------------------------------------------------------------------------
+    def strategy_impl(self):
+        """The ``Strategy`` object of ``strategy`` (``trainer.engine.strategies.STRATEGIES``)."""
+        return get_strategy(self.strategy)
+
+    def resolved_noise_schedule(self) -> str:
+        return self.strategy_impl().noise_schedule if self.noise_schedule == "auto" else self.noise_schedule
+
+    def resolved_shared_noise(self) -> bool:
+        return self.strategy_impl().shared_noise if self.shared_noise is None else bool(self.shared_noise)
+
+    def resolved_rectification(self) -> bool:
+        return self.strategy_impl().rectification if self.rectification is None else bool(self.rectification)
+
+    def resolved_window(self) -> tuple[int, int]:
+        end = self.sampling_steps // 2 if self.window_end is None else self.window_end
+        return self.window_start, max(end, self.window_start + 1)
+
+    def validate(self) -> "FlashGRPOConfig":
+        """Check every field; raise ``UserError`` naming the field and what is allowed."""
+        problems = []
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                problems.append(f"{f.name}={value!r}: allowed values are {', '.join(map(str, choices))}")
+
+        def need(cond, msg):
+            if not cond:
+                problems.append(msg)
+
+        need(self.height % 16 == 0 and self.height > 0, f"height={self.height}: must be a positive multiple of 16")
+        need(self.width % 16 == 0 and self.width > 0, f"width={self.width}: must be a positive multiple of 16")
+        need(self.num_frames >= 1 and (self.num_frames - 1) % 4 == 0, f"num_frames={self.num_frames}: must be 4n+1 (1, 5, 9, ..., 81)")
+        need(self.sampling_steps >= 2, f"sampling_steps={self.sampling_steps}: must be >= 2")
+        need(self.eval_sampling_steps >= 1, f"eval_sampling_steps={self.eval_sampling_steps}: must be >= 1")
+        need(self.shift > 0, f"shift={self.shift}: must be > 0")
+        need(self.lora_rank >= 1, f"lora_rank={self.lora_rank}: must be >= 1")
+        need(self.group_size >= 2, f"group_size={self.group_size}: must be >= 2 (advantages compare samples of a group)")
+        need(self.prompts_per_iteration >= 1, f"prompts_per_iteration={self.prompts_per_iteration}: must be >= 1")
+        need(self.iterations >= 1, f"iterations={self.iterations}: must be >= 1")
+        need(self.updates_per_iteration >= 1, f"updates_per_iteration={self.updates_per_iteration}: must be >= 1")
+        need(self.micro_batch_size >= 0, f"micro_batch_size={self.micro_batch_size}: must be >= 0")
+        need(0.0 <= self.ema_decay < 1.0, f"ema_decay={self.ema_decay}: must be in [0, 1)")
+        need(self.clip_range > 0, f"clip_range={self.clip_range}: must be > 0")
+        need(self.advantage_clip > 0, f"advantage_clip={self.advantage_clip}: must be > 0")
+        need(self.kl_beta >= 0, f"kl_beta={self.kl_beta}: must be >= 0")
+        need(self.learning_rate > 0, f"learning_rate={self.learning_rate}: must be > 0")
+        need(self.noise_level is None or self.noise_level > 0, f"noise_level={self.noise_level}: must be > 0 or null")
+        need(0 < self.timestep_fraction <= 1, f"timestep_fraction={self.timestep_fraction}: must be in (0, 1]")
+        need(0 < self.dance_train_fraction <= 1, f"dance_train_fraction={self.dance_train_fraction}: must be in (0, 1]")
+        need(1 <= self.mix_window_size <= self.sampling_steps, f"mix_window_size={self.mix_window_size}: must be in [1, sampling_steps]")
+        need(self.mix_shift_every >= 1, f"mix_shift_every={self.mix_shift_every}: must be >= 1")
+        need(self.checkpoint_every >= 1, f"checkpoint_every={self.checkpoint_every}: must be >= 1")
+        need(self.eval_prompts >= 0, f"eval_prompts={self.eval_prompts}: must be >= 0")
+        need(isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2, f"adam_betas={self.adam_betas}: must be a list of two numbers")
+        start, end = self.window_start, (self.sampling_steps // 2 if self.window_end is None else self.window_end)
+        need(0 <= start < end <= self.sampling_steps,
+             f"window_start={start}, window_end={end}: need 0 <= window_start < window_end <= sampling_steps ({self.sampling_steps})")
+        need(isinstance(self.rewards, list) and len(self.rewards) > 0, "rewards: give at least one reward, e.g. [{\"name\": \"brightness\"}]")
+        if problems:
+            raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
+        return self
+
+    # ---- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], preset: str | None = None) -> "FlashGRPOConfig":
+        """Build from a dict (a preset's values first, then ``data``); unknown keys are errors."""
+        values: dict[str, Any] = {}
+        if preset:
+            if preset not in PRESETS:
+                raise UserError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+            values.update(PRESETS[preset])
+        names = cls.field_names()
+        for key, value in data.items():
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UserError(f"unknown config field {key!r}{hint}. Fields: {', '.join(names)}")
+            values[key] = value
+        cfg = cls(**values)
+        cfg._coerce_types()
+        return cfg.validate()
+
+    def _coerce_types(self) -> None:
+        """Convert strings/ints from CLI or JSON to each field's declared type, or name the field."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            try:
+                if value is None:
+                    if default is not None and "None" not in str(f.type):
+                        raise ValueError("null is not allowed")
+                    continue
+                if isinstance(default, bool) or f.type in ("bool", "bool | None"):
+                    if isinstance(value, str):
+                        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                            raise ValueError("expected true or false")
+                        value = value.lower() in ("true", "1", "yes")
+                    value = bool(value)
+                elif f.type in ("int", "int | None"):
+                    if isinstance(value, float) and not value.is_integer():
+                        raise ValueError("expected an integer")
+                    value = int(value)
+                elif f.type in ("float", "float | None"):
+                    value = float(value)
+                elif f.type == "str":
+                    if not isinstance(value, str):
+                        raise ValueError("expected a string")
+                elif f.type == "list":
+                    if isinstance(value, str):
+                        value = json.loads(value)
+                    if not isinstance(value, list):
+                        raise ValueError("expected a list")
+            except (TypeError, ValueError) as e:
+                raise UserError(f"config field {f.name}={value!r}: {e} ({f.metadata['help']})") from None
+            setattr(self, f.name, value)
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--field`` flag per config field, with its help text (values parsed later)."""
+    for f in dataclasses.fields(FlashGRPOConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f.metadata.get("choices")
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar=f.type.upper().split()[0],
+            help=f"{f.metadata['help']} (default: {json.dumps(default)}"
+                 + (f"; one of {', '.join(choices)})" if choices else ")"),
+        )
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given on the command line (``None`` = not given)."""
+    out = {}
+    for name in FlashGRPOConfig.field_names():
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = None if value == "null" else value
+    return out
+
+
+def parse_set_items(items: list[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` items as config overrides; values are JSON when they parse (numbers,
+    true, null, lists), else strings (``from_dict`` coerces them). ``UserError`` names a bad item."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: write FIELD=VALUE, e.g. --set iterations=10")
+        key, value = item.split("=", 1)
+        if key not in FlashGRPOConfig.field_names():
+            raise UserError(f"--set {key}: not a config field. Fields: {', '.join(FlashGRPOConfig.field_names())}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def markdown_reference() -> str:
+    """The config reference table of the README (``python -m trainer.engine.config``)."""
+    lines = ["| field | default | help |", "|---|---|---|"]
+    for f in dataclasses.fields(FlashGRPOConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata["help"].replace("|", "\\|")
+        choices = f.metadata.get("choices")
+        if choices:
+            help_text += f" One of: {', '.join(f'`{c}`' for c in choices)}."
+        lines.append(f"| `{f.name}` | `{json.dumps(default)}` | {help_text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_reference())

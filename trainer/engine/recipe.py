@@ -1,0 +1,698 @@
+"""The Flash-GRPO training recipe: one readable loop, setup in small ``_setup_*`` steps.
+
+    recipe = FlashGRPORecipe(cfg)
+    recipe.setup()            # model, LoRA, optimizer, rewards, prompts, run directory, resume
+    result = recipe.train()   # iterations: plan -> rollout -> decode + reward -> advantages -> update
+
+One iteration (Flash-GRPO, arXiv 2605.15980; the baselines differ only in their ``Strategy``):
+
+1. ``Strategy.plan``: which (sample, step) pairs are SDE steps and which are trained. For
+   ``flash`` each prompt's group gets one step ``k`` from the window, identical on every process.
+2. ``rollout``: ODE steps everywhere but the SDE steps; keeps ``x_k``, ``x_{k+1}``, ``log p_old``.
+3. Decode the final latents, score them, gather rewards of the global batch, group advantages
+   ``A = (r - mean_g) / (std_g + eps)``, then the strategy's advantage filter.
+4. Update: recompute ``log p`` with the same guided velocity; loss per transition
+   ``c * max(-A r, -A clip(r, 1 - eps, 1 + eps))`` with ``r = exp(log p - log p_old)`` and the
+   rectification weight ``c = (1/K(t)) / mean(1/K)`` (1 without rectification), optional KL,
+   AdamW step, EMA of the LoRA.
+
+All randomness (plans, initial noise, SDE noise, prompt order) is a function of
+``(seed, iteration, sample)``: a resumed run repeats exactly what an uninterrupted one does, and a
+run on N processes draws the same numbers as on one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import settings
+from ..algo import sde as sde_math
+from ..algo.grpo import clipped_surrogate, group_advantages, kl_to_reference
+from ..errors import UserError
+from ..rewards import build_reward_set
+from . import lora as lora_lib
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import FlashGRPOConfig
+from .data import DEFAULT_PROMPTS, PromptSet, read_prompt_file
+from .distributed import Dist
+from .models import COMFY_MODEL_SUFFIX, load_pipeline, weights_hash
+from .rollout import Conditioning, RolloutResult, rollout, transition_log_prob
+from .runlog import EventLog, atomic_write_json, plot_reward_curve, write_before_after, write_mp4
+from .strategies import StepPlan
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """Raised inside an iteration when ``should_stop`` turned true; the iteration is discarded."""
+
+
+def _seed_of(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) + 0x9E3779B9)) * 1099511628211) % (2**63 - 1)
+    return h
+
+
+def sample_noise(seed: int, iteration: int, sample: int, step: int, shape: tuple) -> torch.Tensor:
+    """Standard normal noise keyed by (seed, iteration, global sample id, step), drawn on CPU."""
+    g = torch.Generator().manual_seed(_seed_of(seed, iteration, sample, step + 1))
+    return torch.randn(shape, generator=g)
+
+
+def _as_uint8(videos: torch.Tensor):
+    """Float videos in 0..1 (CPU) as a uint8 numpy array, for mp4 and PNG files."""
+    return (videos.numpy() * 255).round().astype("uint8")
+
+
+def resolve_device_and_dtype(cfg: FlashGRPOConfig) -> tuple[bool, torch.dtype]:
+    """``(use_cuda, dtype)`` for ``cfg.device`` / ``cfg.dtype`` ("auto": CUDA and bfloat16 when a GPU is visible)."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or cpu.")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.dtype == "auto":
+        return use_cuda, torch.bfloat16 if use_cuda else torch.float32
+    return use_cuda, {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+
+
+@dataclass
+class IterationBatch:
+    """What the rollout phase of an iteration hands to the reward and update phases."""
+
+    prompts_global: list[str]  # the B prompts of the iteration (all processes)
+    prompts: list[str]  # this process's prompt per sample
+    local_samples: torch.Tensor  # global sample id of each local sample
+    plan: "StepPlan"
+    conditioning: Conditioning
+    result: RolloutResult
+
+
+@dataclass
+class UpdateStats:
+    """Sums over the trained transitions of one update, per process; summed across processes by
+    field name (``all_reduce_sum``), then divided by the global transition count (``means``).
+
+    ``ratio_max_dev`` is a maximum and stays this process's own (it is not summed).
+    """
+
+    loss: float = 0.0
+    clip_frac: float = 0.0
+    approx_kl: float = 0.0
+    kl: float = 0.0
+    ratio_mean: float = 0.0
+    transitions: float = 0.0
+    ratio_max_dev: float = 0.0
+
+    SUMMED = ("loss", "clip_frac", "approx_kl", "kl", "ratio_mean", "transitions")
+
+    def all_reduce_sum(self, dist: Dist, device: torch.device) -> "UpdateStats":
+        summed = dist.all_reduce_sum(torch.tensor([getattr(self, k) for k in self.SUMMED],
+                                                  dtype=torch.float64, device=device)).cpu()
+        return UpdateStats(**{k: float(v) for k, v in zip(self.SUMMED, summed)}, ratio_max_dev=self.ratio_max_dev)
+
+    def means(self) -> dict[str, float]:
+        """Per-transition means of the summed fields, and ``ratio_max_dev``."""
+        m = max(self.transitions, 1.0)
+        return {**{k: getattr(self, k) / m for k in self.SUMMED if k != "transitions"},
+                "ratio_max_dev": self.ratio_max_dev}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    lora_path: Path | None
+    iterations_done: int
+    cancelled: bool
+    summary: dict = field(default_factory=dict)
+
+
+class FlashGRPORecipe:
+    """Builds every component from a ``FlashGRPOConfig`` and runs the training loop."""
+
+    def __init__(self, cfg: FlashGRPOConfig, run_dir: str | Path | None = None, resume: bool = False,
+                 pipeline=None):
+        self.cfg = cfg.validate()
+        self.dist = Dist()
+        self._requested_run_dir = run_dir
+        self._resume = resume
+        self._pipeline = pipeline  # an already loaded pipeline (warm backend), else load from cfg
+        self.start_iteration = 0
+
+    # ------------------------------------------------------------------------------ setup ----
+    def setup(self, training: bool = True) -> "FlashGRPORecipe":
+        """Build every component; ``training=False`` stops after what sampling needs (no
+        optimizer, no run directory)."""
+        self._setup_device()
+        self._setup_model()
+        self._setup_lora()
+        self._setup_parallel()
+        self._setup_rewards()
+        self._setup_data()
+        self._setup_schedule()
+        if training:
+            self._setup_optimizer()
+            self._setup_run_dir()
+            if self._resume:
+                self._load_checkpoint()
+        return self
+
+    def _setup_device(self) -> None:
+        use_cuda, self.dtype = resolve_device_and_dtype(self.cfg)
+        if use_cuda and self.dist.enabled:
+            torch.cuda.set_device(self.dist.local_rank)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
+        pipe = self._pipeline or load_pipeline(cfg.model, shift=cfg.shift, dtype=self.dtype, seed=cfg.seed)
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.base_model_hash = weights_hash(self.transformer)
+        self.transformer.requires_grad_(False)
+        self.transformer.to(self.device)
+        pipe.vae.to(self.device).eval()
+        self.latent_shape = (
+            self.transformer.config.in_channels,
+            (cfg.num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
+            cfg.height // pipe.vae_scale_factor_spatial,
+            cfg.width // pipe.vae_scale_factor_spatial,
+        )
+        if self.device.type == "cuda" and cfg.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        self._embeddings: dict[str, torch.Tensor] = {}
+        self._samples: dict[str, tuple] = {}  # tag -> held-out (uint8 videos [N,T,H,W,3], scores), for the sheet
+
+    def _setup_lora(self) -> None:
+        cfg = self.cfg
+        if lora_lib.has_lora(self.transformer):  # a warm pipeline from an earlier run: start afresh
+            lora_lib.remove_lora(self.transformer)
+        lora_lib.add_lora(self.transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                          include_ffn=cfg.lora_ffn, init_seed=cfg.seed)
+        self.lora_params = [p for _, p in lora_lib.lora_parameters(self.transformer)]
+        for p in self.lora_params:
+            p.data = p.data.float()
+        self.ema = (
+            {n: p.detach().clone() for n, p in lora_lib.lora_parameters(self.transformer)}
+            if cfg.ema_decay > 0 else None
+        )
+
+    def _setup_parallel(self) -> None:
+        """Wrap the transformer for several processes: DDP, or FSDP full sharding.
+
+        ``self.model`` is what forward passes go through; ``self.transformer`` stays the plain
+        module (LoRA toggling, config). With FSDP the LoRA layers are sharded as their own groups
+        (they are float32 while the base weights may be bfloat16).
+        """
+        self.model = self.transformer
+        if not self.dist.enabled:
+            return
+        if self.cfg.parallel == "fsdp":
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            mp = MixedPrecisionPolicy(
+                param_dtype=self.dtype if self.device.type == "cuda" else None, reduce_dtype=torch.float32
+            )
+            for name, module in self.transformer.named_modules():
+                if name.endswith((".lora_A.default", ".lora_B.default")):
+                    fully_shard(module, mp_policy=mp)
+            for block in self.transformer.blocks:
+                fully_shard(block, mp_policy=mp)
+            fully_shard(self.transformer, mp_policy=mp)
+            self.lora_params = [p for _, p in lora_lib.lora_parameters(self.transformer)]
+            if self.ema is not None:
+                self.ema = {n: p.detach().clone() for n, p in lora_lib.lora_parameters(self.transformer)}
+        else:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.transformer, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _no_grad_sync(self, last: bool):
+        """Skip the gradient all-reduce on all but the last micro-batch of an optimizer step."""
+        if self.dist.enabled and settings.grad_sync_disabled() and self.cfg.parallel == "ddp":
+            return self.model.no_sync()  # negative control for tests: ranks drift apart
+        if not self.dist.enabled or last:
+            return contextlib.nullcontext()
+        if self.cfg.parallel == "fsdp":
+            @contextlib.contextmanager
+            def fsdp_no_sync():
+                self.transformer.set_requires_gradient_sync(False)
+                try:
+                    yield
+                finally:
+                    self.transformer.set_requires_gradient_sync(True)
+            return fsdp_no_sync()
+        return self.model.no_sync()
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.cfg
+        self.optimizer = torch.optim.AdamW(
+            self.lora_params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+            betas=tuple(cfg.adam_betas),
+        )
+
+    def _setup_rewards(self) -> None:
+        self.reward_fn = build_reward_set(self.cfg.rewards)
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        if cfg.prompt_file:
+            prompts = read_prompt_file(cfg.prompt_file)
+        else:
+            prompts = list(cfg.prompts) or DEFAULT_PROMPTS
+        self.prompts = PromptSet.build(prompts, cfg.eval_prompts, cfg.seed)
+        if cfg.prompts_per_iteration % self.dist.world_size:
+            raise UserError(
+                f"prompts_per_iteration={cfg.prompts_per_iteration} must be divisible by the "
+                f"number of processes ({self.dist.world_size})."
+            )
+
+    def _setup_schedule(self) -> None:
+        cfg = self.cfg
+        self.sigmas = sde_math.sigma_grid(cfg.sampling_steps, cfg.shift).float()
+        self.schedule = cfg.resolved_noise_schedule()
+        self.stds = sde_math.noise_std(self.schedule, self.sigmas[:-1], self.sigmas, cfg.noise_level)
+        self.grad_scales = sde_math.grad_scale(self.sigmas[:-1], self.sigmas[1:], self.stds)
+        self.strategy = cfg.strategy_impl()
+        self.rectify = cfg.resolved_rectification()
+
+    def _setup_run_dir(self) -> None:
+        cfg = self.cfg
+        if self._requested_run_dir is not None:
+            self.run_dir = Path(self._requested_run_dir)
+        else:
+            name = cfg.run_name or f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+            self.run_dir = Path(cfg.output_dir) / name
+        self.run_name = self.run_dir.name
+        self.events = EventLog(self.run_dir / "events.jsonl")
+        self.checkpoint_path = self.run_dir / "checkpoints" / "latest.pt"
+        if self.dist.is_main:
+            if not self._resume and self.checkpoint_path.exists():
+                raise UserError(
+                    f"{self.run_dir} already holds a run. Resume it with --resume, or choose "
+                    "another run_name / output_dir."
+                )
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
+
+    def _load_checkpoint(self) -> None:
+        if not self.checkpoint_path.exists():
+            raise UserError(
+                f"nothing to resume: no checkpoint at {self.checkpoint_path}. Start the run "
+                "without --resume, or point --resume at the run directory of an earlier run."
+            )
+        state = load_checkpoint(self.checkpoint_path)
+        saved = FlashGRPOConfig.from_dict(json.loads(state["config"]))
+        ignore = {"iterations", "output_dir", "run_name", "checkpoint_every", "sample_videos", "fps"}
+        diff = [k for k in saved.field_names() if k not in ignore and getattr(saved, k) != getattr(self.cfg, k)]
+        if diff:
+            raise UserError(
+                "cannot resume: the config differs from the checkpoint's in "
+                + ", ".join(f"{k} ({getattr(saved, k)!r} -> {getattr(self.cfg, k)!r})" for k in diff)
+                + ". Resume with the run's own config (config.json in the run directory)."
+            )
+        if state["base_model_hash"] != self.base_model_hash:
+            raise UserError("cannot resume: the checkpoint was trained on other base-model weights.")
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        lora_lib.load_lora_state_dict(self.transformer, state["lora"])
+        set_optimizer_state_dict(self.transformer, self.optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+        if self.ema is not None:
+            for name, value in state["ema"].items():
+                target = self.ema[name]
+                value = value.to(device=self.device, dtype=target.dtype)
+                if hasattr(target, "device_mesh"):
+                    from torch.distributed.tensor import distribute_tensor
+
+                    value = distribute_tensor(value, target.device_mesh, target.placements)
+                target.copy_(value)
+        torch.set_rng_state(state["torch_rng"])
+        self.start_iteration = int(state["iteration"])
+        if self.dist.is_main:
+            self.events.truncate_after(self.start_iteration - 1)
+            self.events.write({"event": "resume", "iteration": self.start_iteration})
+
+    # ------------------------------------------------------------------------ components ----
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings ``[n, L, D]`` (cut at each prompt's length, zero-padded), cached per prompt."""
+        missing = sorted({p for p in prompts if p not in self._embeddings})
+        if missing:
+            te = self.pipe.text_encoder
+            with torch.no_grad():
+                te.to(self.device)
+                emb, _ = self.pipe.encode_prompt(
+                    missing, do_classifier_free_guidance=False,
+                    max_sequence_length=self.cfg.max_sequence_length, device=self.device,
+                )
+                if self.device.type == "cuda":
+                    te.to("cpu")
+            for p, e in zip(missing, emb):
+                self._embeddings[p] = e.detach().to("cpu", self.dtype)
+        return torch.stack([self._embeddings[p] for p in prompts]).to(self.device)
+
+    def conditioning(self, prompts: list[str]) -> Conditioning:
+        cond = self.embed(prompts)
+        uncond = None
+        if self.cfg.guidance_scale != 1.0:
+            uncond = self.embed([self.cfg.negative_prompt]).expand_as(cond)
+        return Conditioning(cond, uncond, self.cfg.guidance_scale)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[N, C, F, h, w]`` to videos ``[N, T, H, W, 3]`` float in 0..1.
+
+        Decodes in chunks of ``micro_batch_size`` videos (all at once when 0).
+        """
+        vae = self.pipe.vae
+        mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+        out = []
+        for z in latents.split(self.cfg.micro_batch_size or latents.shape[0]):
+            z = z.float() * std + mean
+            video = vae.decode(z.to(vae.dtype), return_dict=False)[0].float()  # [n, 3, T, H, W] in -1..1
+            out.append(((video.permute(0, 2, 3, 4, 1) + 1.0) / 2.0).clamp(0, 1).cpu())
+        return torch.cat(out)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Temporarily put the EMA weights into the LoRA (no-op without EMA)."""
+        if self.ema is None:
+            yield
+            return
+        params = dict(lora_lib.lora_parameters(self.transformer))
+        backup = {n: p.detach().clone() for n, p in params.items()}
+        try:
+            for n, p in params.items():
+                p.data.copy_(self.ema[n])
+            yield
+        finally:
+            for n, p in params.items():
+                p.data.copy_(backup[n])
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], steps: int | None = None, seed: int | None = None,
+               lora: bool = True) -> torch.Tensor:
+        """Deterministic ODE samples (one per prompt) as float videos ``[n, T, H, W, 3]``."""
+        steps = steps or self.cfg.eval_sampling_steps
+        seed = self.cfg.seed if seed is None else seed
+        sigmas = sde_math.sigma_grid(steps, self.cfg.shift).float()
+        n = len(prompts)
+        plan = StepPlan(sde=torch.zeros(n, steps, dtype=torch.bool),
+                        train=torch.zeros(n, steps, dtype=torch.bool), group_steps=None)
+        ctx = contextlib.nullcontext() if lora else lora_lib.lora_disabled(self.transformer)
+        with ctx:
+            res = rollout(
+                self.model, plan, sigmas, torch.zeros(steps), self.conditioning(prompts),
+                self.latent_shape, lambda i, j, shape: sample_noise(seed, -1, i, j, shape),
+                device=self.device, dtype=self.dtype, chunk=self.cfg.micro_batch_size,
+            )
+        return self.decode(res.latents)
+
+    # ------------------------------------------------------------------------- iteration ----
+    def _local_slots(self) -> range:
+        per_rank = self.cfg.prompts_per_iteration // self.dist.world_size
+        return range(self.dist.rank * per_rank, (self.dist.rank + 1) * per_rank)
+
+    def rollout_phase(self, it: int, prompts_global: list[str] | None = None) -> "IterationBatch":
+        """Plan and roll out iteration ``it`` for this process's prompts (no gradients).
+
+        ``prompts_global`` replaces the iteration's training prompts (group sampling for a node).
+        """
+        cfg = self.cfg
+        G, B = cfg.group_size, cfg.prompts_per_iteration
+        prompts_global = prompts_global or self.prompts.batch(it, B)
+        slots = self._local_slots()
+        local_samples = torch.tensor([b * G + g for b in slots for g in range(G)])
+        plan = self.strategy.plan(cfg, it, B, G)
+        plan.sde, plan.train = plan.sde[local_samples], plan.train[local_samples]
+        prompts = [prompts_global[b] for b in slots for _ in range(G)]
+        conditioning = self.conditioning(prompts)
+        groups = torch.arange(len(slots)).repeat_interleave(G) if cfg.resolved_shared_noise() else None
+
+        def noise_fn(i, step, shape):
+            gid = int(local_samples[i])
+            if step < 0 and groups is not None:
+                gid = gid - gid % G  # shared initial noise: the group's first sample's
+            return sample_noise(cfg.seed, it, gid, step, shape)
+
+        self.transformer.eval()
+        result = rollout(
+            self.model, plan, self.sigmas, self.stds, conditioning, self.latent_shape, noise_fn,
+            groups=groups, device=self.device, dtype=self.dtype, chunk=cfg.micro_batch_size,
+        )
+        return IterationBatch(prompts_global, prompts, local_samples, plan, conditioning, result)
+
+    def run_iteration(self, it: int, should_stop: Callable[[], bool] = lambda: False) -> dict:
+        """One full iteration; returns its metrics (the event written to events.jsonl)."""
+        cfg = self.cfg
+        G, B = cfg.group_size, cfg.prompts_per_iteration
+        t0 = time.perf_counter()
+        batch = self.rollout_phase(it)
+        prompts_global, prompts, local_samples = batch.prompts_global, batch.prompts, batch.local_samples
+        plan, conditioning, result = batch.plan, batch.conditioning, batch.result
+        t1 = time.perf_counter()
+        if should_stop():
+            raise Cancelled()
+
+        videos = self.decode(result.latents)
+        scored = self.reward_fn(videos, prompts)
+        rewards_global = self.dist.all_gather_cat(scored.scores.to(self.device)).cpu()
+        details_global = {k: self.dist.all_gather_cat(v.to(self.device)).cpu() for k, v in scored.details.items()}
+        group_ids = torch.arange(B).repeat_interleave(G)
+        adv_global, signal = group_advantages(rewards_global, group_ids, cfg.advantage_std, cfg.advantage_clip)
+        advantages = self.strategy.filter_advantages(cfg, adv_global[local_samples], rewards_global[local_samples], G)
+        t2 = time.perf_counter()
+        if should_stop():
+            raise Cancelled()
+
+        stats = self.update(result, advantages, conditioning, it)
+        t3 = time.perf_counter()
+        if self.ema is not None:
+            with torch.no_grad():
+                for n, p in lora_lib.lora_parameters(self.transformer):
+                    self.ema[n].mul_(cfg.ema_decay).add_(p.detach(), alpha=1.0 - cfg.ema_decay)
+
+        event = {
+            "event": "iteration",
+            "iteration": it,
+            "strategy": cfg.strategy,
+            "prompts": prompts_global,
+            "reward_mean": float(rewards_global.mean()),
+            "reward_std": float(rewards_global.std(unbiased=False)),
+            "rewards": {k: {"mean": float(v.mean()), "std": float(v.std(unbiased=False))} for k, v in details_global.items()},
+            "groups_with_signal": int(signal.view(B, G)[:, 0].sum()),
+            "steps": plan.group_steps,
+            "transitions": int(self.dist.all_reduce_sum(torch.tensor(result.trans_step.numel(), device=self.device))),
+            "forward_rows": result.forward_rows,
+            **stats,
+            "seconds": {"rollout": t1 - t0, "reward": t2 - t1, "update": t3 - t2, "total": t3 - t0},
+        }
+        return event
+
+    def update(self, result: RolloutResult, advantages: torch.Tensor, conditioning: Conditioning, it: int) -> dict:
+        """Clipped-surrogate update on the trained transitions; returns loss/clip/KL/grad statistics.
+
+        Each trained transition ``i`` contributes ``c_i * max(-A_i r_i, -A_i clip(r_i, 1-eps, 1+eps))``
+        (+ ``kl_beta * KL_i``) with ``r_i = exp(log p - log p_old)``, averaged over the global batch;
+        ``c_i`` is the rectification weight ``(1/K_i) / mean(1/K)`` (``sde.rectification_weights``,
+        the mean over every process's transitions) or 1 without rectification.
+        """
+        cfg = self.cfg
+        M = result.trans_step.numel()
+        steps = result.trans_step
+        if self.rectify:
+            inv_k = 1.0 / self.grad_scales[steps]
+            total_inv_k = self.dist.all_reduce_sum(torch.stack([inv_k.sum(), torch.tensor(float(M))]).to(self.device)).cpu()
+            weights = sde_math.rectification_weights(self.grad_scales[steps], total_inv_k[0] / total_inv_k[1])
+        else:
+            weights = torch.ones(M)
+        adv = advantages[result.trans_sample]
+        order = torch.randperm(M, generator=torch.Generator().manual_seed(_seed_of(cfg.seed, it, 99)))
+        minibatches = [mb for mb in order.chunk(cfg.updates_per_iteration) if mb.numel() > 0]
+        totals = UpdateStats(transitions=float(M))
+        grad_norms = []
+        self.transformer.train()
+        # DDP/FSDP average gradients over processes; the loss is a mean over the global batch.
+        grad_scale = float(self.dist.world_size)
+        for mb in minibatches:
+            n_global = float(self.dist.all_reduce_sum(torch.tensor(float(mb.numel()), device=self.device)))
+            self.optimizer.zero_grad(set_to_none=True)
+            micro = cfg.micro_batch_size or mb.numel()
+            chunks = list(mb.split(micro))
+            for ci, chunk in enumerate(chunks):
+                with self._no_grad_sync(last=ci == len(chunks) - 1):
+                    logp, mean, ref_mean = transition_log_prob(
+                        self.model, result, chunk, self.sigmas, self.stds, conditioning, self.dtype,
+                        with_reference=cfg.kl_beta > 0,
+                        reference_context=lambda: lora_lib.lora_disabled(self.transformer),
+                    )
+                    out = clipped_surrogate(
+                        logp, result.log_prob[chunk], adv[chunk].to(logp.device), cfg.clip_range,
+                        weights[chunk].to(logp.device),
+                    )
+                    loss_terms = out.loss
+                    if ref_mean is not None:
+                        t = steps[chunk]
+                        step_std = self.stds[t] * torch.sqrt(self.sigmas[t] - self.sigmas[t + 1])
+                        kl = kl_to_reference(mean, ref_mean, step_std.to(mean.device))
+                        loss_terms = loss_terms + cfg.kl_beta * kl
+                        totals.kl += float(kl.detach().sum())
+                    (loss_terms.sum() * grad_scale / n_global).backward()
+                totals.loss += float(loss_terms.detach().sum())
+                totals.clip_frac += float(out.clipped.float().sum())
+                totals.approx_kl += float(out.approx_kl.sum())
+                totals.ratio_mean += float(out.ratio.sum())
+                totals.ratio_max_dev = max(totals.ratio_max_dev, float((out.ratio - 1).abs().max()))
+            norm = torch.nn.utils.clip_grad_norm_(
+                self.lora_params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            )
+            grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+            self.optimizer.step()
+        self.transformer.eval()
+        stats = totals.all_reduce_sum(self.dist, self.device).means()
+        unique_steps = sorted(set(steps.tolist()))
+        return {
+            **stats,
+            "grad_norm": grad_norms[-1] if grad_norms else 0.0,
+            "rect_weights": {str(s): float(weights[steps == s][0]) for s in unique_steps} if M else {},
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    # ----------------------------------------------------------------------- checkpoints ----
+    def save_checkpoint(self, iterations_done: int) -> None:
+        """Atomically write everything a resume needs. Called on every process (sharded state is
+        gathered); rank 0 writes. Saved unsharded, so a resume may use any number of processes."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        optim_state = get_optimizer_state_dict(self.transformer, self.optimizer, options=options)
+        lora_sd = lora_lib.lora_state_dict(self.transformer)
+        ema = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
+               for k, v in (self.ema or {}).items()}
+        if not self.dist.is_main:
+            return
+        save_checkpoint(self.checkpoint_path, {
+            "iteration": iterations_done,
+            "lora": lora_sd,
+            "optimizer": optim_state,
+            "ema": ema,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.to_json(),
+            "base_model_hash": self.base_model_hash,
+            "world_size": self.dist.world_size,
+        })
+
+    def lora_metadata(self, iterations_done: int) -> dict:
+        cfg = self.cfg
+        return {
+            "base_model": cfg.model if cfg.model == "tiny" else Path(cfg.model).name.removesuffix(COMFY_MODEL_SUFFIX),
+            "base_model_hash": self.base_model_hash,
+            "base_model_arch": json.dumps({k: self.transformer.config[k] for k in (
+                "num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "text_dim")}),
+            "strategy": cfg.strategy,
+            "rewards": cfg.rewards,
+            "iterations": iterations_done,
+            "weights": "ema" if self.ema is not None else "final",
+            "trainer": "flash-grpo",
+            "config": cfg.to_dict(),
+        }
+
+    def export_lora(self, iterations_done: int) -> Path:
+        """Write the aligned LoRA (EMA weights when EMA is on) into the run directory."""
+        path = self.run_dir / "lora" / f"{self.run_name}.safetensors"
+        with self.ema_weights():
+            sd = lora_lib.lora_state_dict(self.transformer)  # a collective when sharded
+        if self.dist.is_main:
+            lora_lib.save_aligned_lora(
+                path, self.transformer, self.cfg.lora_rank, self.cfg.lora_alpha,
+                self.lora_metadata(iterations_done), state_dict=sd,
+            )
+        return path
+
+    # ------------------------------------------------------------------------------ loop ----
+    def _write_samples(self, tag: str) -> dict:
+        """Before/after videos of the held-out prompts, and their reward.
+
+        ``"after"`` also writes ``samples/before_after.png``, both side by side (the "before"
+        videos are the base model's, sampled again when a resumed run no longer holds them).
+        """
+        if not self.prompts.eval:
+            return {}
+        with self.ema_weights() if tag == "after" else contextlib.nullcontext():
+            videos = self.sample(self.prompts.eval)
+        scores = self.reward_fn(videos, self.prompts.eval).scores
+        if self.cfg.sample_videos:
+            self._samples[tag] = (_as_uint8(videos), scores.tolist())  # uint8: 4x less kept in memory
+            if tag == "after" and "before" not in self._samples:
+                base = self.sample(self.prompts.eval, lora=False)  # on every rank: FSDP gathers weights
+                self._samples["before"] = (_as_uint8(base), self.reward_fn(base, self.prompts.eval).scores.tolist())
+        if self.dist.is_main and self.cfg.sample_videos:
+            for i, v in enumerate(self._samples[tag][0]):
+                write_mp4(self.run_dir / "samples" / f"{tag}_{i:02d}.mp4", v, fps=self.cfg.fps)
+            if tag == "after":
+                (v0, s0), (v1, s1) = self._samples["before"], self._samples["after"]
+                write_before_after(self.run_dir / "samples" / "before_after.png", self.prompts.eval, v0, v1, s0, s1)
+        return {"eval_reward_mean": float(scores.mean()), "eval_rewards": scores.tolist()}
+
+    def train(self, should_stop: Callable[[], bool] = lambda: False,
+              on_event: Callable[[dict], None] = lambda e: None) -> RunResult:
+        """Run iterations ``start_iteration .. iterations-1``; checkpoint, export, plot."""
+        cfg = self.cfg
+        emit = (lambda e: (self.events.write(e), on_event(e))) if self.dist.is_main else (lambda e: None)
+        if self.start_iteration == 0:
+            before = self._write_samples("before")
+            emit({"event": "start", "run_dir": str(self.run_dir), "iterations": cfg.iterations,
+                  "strategy": cfg.strategy, "before": before, "base_model_hash": self.base_model_hash})
+        done = self.start_iteration
+        cancelled = False
+        for it in range(self.start_iteration, cfg.iterations):
+            if should_stop():
+                cancelled = True
+                break
+            try:
+                event = self.run_iteration(it, should_stop)
+            except Cancelled:
+                cancelled = True
+                break
+            except Exception as e:  # e.g. a reward server that stays down: keep the work done so far
+                self.save_checkpoint(done)
+                if self.dist.is_main:
+                    self.events.write({"event": "error", "iteration": done, "error": f"{type(e).__name__}: {e}"})
+                if isinstance(e, UserError):
+                    raise UserError(f"{e}\nThe run stopped after {done} iterations; its checkpoint is in "
+                                    f"{self.run_dir}. Fix the cause, then resume.") from e
+                raise
+            done = it + 1
+            emit(event)
+            if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+                self.save_checkpoint(done)
+        self.save_checkpoint(done)
+        lora_path = self.export_lora(done)
+        summary = {"iterations_done": done, "cancelled": cancelled, "lora": str(lora_path)}
+        if not cancelled:
+            summary["after"] = self._write_samples("after")
+        if self.dist.is_main:
+            events = self.events.read()
+            plot_reward_curve(events, self.run_dir / "reward_curve.png")
+            its = [e for e in events if e.get("event") == "iteration"]
+            if its:
+                k = min(5, len(its))
+                summary["reward_first"] = sum(e["reward_mean"] for e in its[:k]) / k
+                summary["reward_last"] = sum(e["reward_mean"] for e in its[-k:]) / k
+            start = next((e for e in events if e.get("event") == "start"), {})
+            summary["before"] = start.get("before", {})
+            atomic_write_json(self.run_dir / "summary.json", summary)
+            emit({"event": "cancelled" if cancelled else "done", "iteration": done, **summary})
+        return RunResult(self.run_dir, lora_path, done, cancelled, summary)
+
+
+
+

@@ -1,0 +1,362 @@
+"""The backend trainer process: a warm model behind a small JSON API, on one GPU or many.
+
+Start it with torchrun (clients do this on demand, see ``trainer.service.client``)::
+
+    torchrun --standalone --nproc_per_node 8 -m trainer.backend --state-dir ~/.cache/flash_grpo/backend
+
+(``trainer.backend`` is the entry point; the server is this module.) Every job runs through this
+rank's ``LocalRunner`` (``trainer.service.runner``), which keeps the model warm.
+
+Every rank runs the same jobs in lockstep; rank 0 also serves HTTP on 127.0.0.1 (``--port``,
+0 = any free port) and writes ``<state-dir>/backend.json`` (mode 0600) with its URL and a random
+token that every request must carry (``Authorization: Bearer <token>``; 401 otherwise). The other
+ranks receive each command from rank 0 through torch.distributed (JSON bytes in a tensor over a
+gloo group; nothing is unpickled).
+
+HTTP API (all JSON, all need the token):
+
+``GET /health``                 status, world size, model loads so far, jobs run per kind, current job
+``POST /jobs``                  ``{"kind": "train"|"sample"|"score", ...}`` -> ``{"job_id"}``
+``GET /jobs/{id}``              state (queued, running, done, failed, cancelled), result, error
+``GET /jobs/{id}/events``       ``?after=N&wait=S``: events after the N-th, long-polling up to S s
+``POST /jobs/{id}/cancel``      stop after the current iteration (a checkpoint is written)
+``POST /shutdown``              stop the backend
+
+Jobs run one at a time in a worker thread; the HTTP loop stays responsive, and a client that
+disconnects loses nothing: the job runs on and its events can be read again by job id. After
+``--idle-timeout`` seconds without jobs or requests the backend exits.
+
+A failure on any rank is written to ``<state-dir>/rank<R>.error.json`` (rank, exception, message)
+before the process exits, so the client can name the rank and the cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import secrets
+import sys
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..engine.config import FlashGRPOConfig
+from ..engine.distributed import init_distributed
+from ..errors import UserError
+from ..fileio import atomic_write_bytes
+from .runner import LocalRunner, RunCancelled
+from .wire import decode_array, encode_array
+
+HEARTBEAT_S = 5.0
+
+
+# ---- control channel: rank 0 -> all ranks ------------------------------------------------------
+class Control:
+    """Broadcast JSON commands and stop flags from rank 0 over a gloo group (CPU tensors)."""
+
+    def __init__(self):
+        self.enabled = dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.group = dist.new_group(backend="gloo") if self.enabled else None
+
+    def broadcast(self, message: dict | None) -> dict:
+        if not self.enabled:
+            return message
+        if self.rank == 0:
+            data = torch.frombuffer(bytearray(json.dumps(message).encode()), dtype=torch.uint8)
+            size = torch.tensor([data.numel()], dtype=torch.long)
+        else:
+            size = torch.zeros(1, dtype=torch.long)
+        dist.broadcast(size, 0, group=self.group)
+        if self.rank != 0:
+            data = torch.empty(int(size), dtype=torch.uint8)
+        dist.broadcast(data, 0, group=self.group)
+        return json.loads(bytes(data.tolist()).decode()) if self.rank != 0 else message
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's flag, on every rank."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1 if flag else 0], dtype=torch.uint8)
+        dist.broadcast(t, 0, group=self.group)
+        return bool(t.item())
+
+
+# ---- jobs -----------------------------------------------------------------------------------------
+class Job:
+    def __init__(self, kind: str, payload: dict):
+        self.id = uuid.uuid4().hex[:12]
+        self.kind = kind
+        self.payload = payload
+        self.state = "queued"
+        self.events: list[dict] = []
+        self.result = None
+        self.error = None
+        self.cancel = False
+        self.cond = threading.Condition()
+
+    def add_event(self, event: dict) -> None:
+        with self.cond:
+            self.events.append(event)
+            self.cond.notify_all()
+
+    def finish(self, state: str, result=None, error=None) -> None:
+        with self.cond:
+            self.state, self.result, self.error = state, result, error
+            self.cond.notify_all()
+
+    def view(self) -> dict:
+        return {"job_id": self.id, "kind": self.kind, "state": self.state, "result": self.result,
+                "error": self.error, "events": len(self.events)}
+
+
+JOB_KINDS = ("train", "sample", "score")
+
+
+def execute(command: dict, runner: LocalRunner, should_stop, on_event) -> dict | None:
+    """Run one command on this rank (every rank runs it) with this rank's ``runner``.
+    Returns rank 0's JSON result."""
+    op = command["op"]
+    if op == "train":
+        cfg = FlashGRPOConfig.from_dict(command["config"])
+        try:
+            result = runner.train(cfg, resume=command.get("resume", False), should_stop=should_stop,
+                                  on_event=on_event)
+        except RunCancelled as e:
+            result = e.result
+        return {"run_dir": str(result.run_dir), "lora_path": str(result.lora_path),
+                "iterations_done": result.iterations_done, "cancelled": result.cancelled,
+                "summary": result.summary}
+    if op == "sample":
+        cfg = FlashGRPOConfig.from_dict(command["config"])
+        out = runner.sample(cfg, command["prompts"], command.get("iteration", 0))
+        videos = (out.videos * 255).round().to(torch.uint8)
+        return {"videos": encode_array(videos), "steps": out.steps, "prompts": out.prompts, "seed": out.seed}
+    if op == "score":
+        out = runner.score(command["rewards"], decode_array(command["videos"]), command["prompts"],
+                           command["group_size"], command.get("std_mode", "group"), command.get("clip", 5.0))
+        return {"scores": out.scores.tolist(), "advantages": out.advantages.tolist(),
+                "has_signal": out.has_signal.tolist(),
+                "details": {k: v.tolist() for k, v in out.details.items()}}
+    raise UserError(f"unknown backend command {op!r}")
+
+
+class Backend:
+    """Rank 0's server state: the job queue, the worker loop and the HTTP app."""
+
+    def __init__(self, state_dir: Path, control: Control, idle_timeout: float, runner: LocalRunner | None = None):
+        self.state_dir = state_dir
+        self.control = control
+        self.runner = runner or LocalRunner()
+        self.jobs_run = dict.fromkeys(JOB_KINDS, 0)  # jobs started per kind, reported by /health
+        self.idle_timeout = idle_timeout
+        self.token = secrets.token_urlsafe(32)
+        self.jobs: dict[str, Job] = {}
+        self.queue: queue.Queue[Job] = queue.Queue()
+        self.current: Job | None = None
+        self.last_activity = time.time()
+        self.shutdown = threading.Event()
+
+    # -- worker (runs the jobs; the only thread that talks to the other ranks) --
+    def worker(self) -> None:
+        while True:
+            try:
+                job = self.queue.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                idle = time.time() - self.last_activity > self.idle_timeout
+                if self.shutdown.is_set() or idle:
+                    self.control.broadcast({"op": "shutdown"})
+                    self.shutdown.set()
+                    return
+                self.control.broadcast({"op": "noop"})
+                continue
+            self.current = job
+            job.state = "running"
+            self.jobs_run[job.kind] += 1
+            command = {"op": job.kind, **job.payload}
+            self.control.broadcast(command)
+            try:
+                result = execute(command, self.runner, lambda job=job: self.control.agree(job.cancel), job.add_event)
+                cancelled = bool(result and result.get("cancelled"))
+                job.finish("cancelled" if cancelled else "done", result=result)
+            except UserError as e:
+                job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e), "user_error": True})
+            except Exception as e:  # noqa: BLE001 - reported to the client, then the backend stops
+                write_rank_error(self.state_dir, 0, e)
+                job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e)})
+                self.shutdown.set()
+                raise
+            finally:
+                self.current = None
+                self.last_activity = time.time()
+
+    # -- HTTP --
+    def app(self):
+        from aiohttp import web
+
+        @web.middleware
+        async def auth(request, handler):
+            if request.headers.get("Authorization", "") != f"Bearer {self.token}":
+                return web.json_response({"error": "missing or wrong token"}, status=401)
+            self.last_activity = time.time()
+            return await handler(request)
+
+        async def health(request):
+            return web.json_response({
+                "ok": True, "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+                "model_loads": self.runner.model_loads, "jobs_run": dict(self.jobs_run), "pid": os.getpid(),
+                "job": self.current.view() if self.current else None,
+            })
+
+        async def submit(request):
+            try:
+                body = await request.json()
+            except json.JSONDecodeError:
+                return web.json_response({"error": "body is not JSON"}, status=400)
+            kind = body.pop("kind", None)
+            if kind not in JOB_KINDS:
+                return web.json_response({"error": f"kind must be train, sample or score, not {kind!r}"}, status=400)
+            job = Job(kind, body)
+            self.jobs[job.id] = job
+            self.queue.put(job)
+            return web.json_response({"job_id": job.id})
+
+        def find(request):
+            job = self.jobs.get(request.match_info["job_id"])
+            if job is None:
+                raise web.HTTPNotFound(text=json.dumps({"error": "no such job"}), content_type="application/json")
+            return job
+
+        async def status(request):
+            return web.json_response(find(request).view())
+
+        async def events(request):
+            import asyncio
+
+            job = find(request)
+            after = int(request.query.get("after", 0))
+            wait = min(float(request.query.get("wait", 0)), 30.0)
+            deadline = time.time() + wait
+            while len(job.events) <= after and job.state in ("queued", "running") and time.time() < deadline:
+                await asyncio.sleep(0.1)
+            return web.json_response({**job.view(), "events": job.events[after:], "next": len(job.events)})
+
+        async def cancel(request):
+            job = find(request)
+            job.cancel = True
+            return web.json_response(job.view())
+
+        async def shutdown(request):
+            self.shutdown.set()
+            for job in self.jobs.values():
+                job.cancel = True
+            return web.json_response({"ok": True})
+
+        app = web.Application(middlewares=[auth], client_max_size=1024**3)
+        app.add_routes([
+            web.get("/health", health), web.post("/jobs", submit), web.get("/jobs/{job_id}", status),
+            web.get("/jobs/{job_id}/events", events), web.post("/jobs/{job_id}/cancel", cancel),
+            web.post("/shutdown", shutdown),
+        ])
+        return app
+
+    def serve(self, host: str, port: int) -> None:
+        import asyncio
+
+        from aiohttp import web
+
+        async def main():
+            runner = web.AppRunner(self.app(), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            real_port = site._server.sockets[0].getsockname()[1]
+            info = {"url": f"http://{host}:{real_port}", "token": self.token, "pid": os.getpid(),
+                    "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+                    "started": time.time()}
+            path = self.state_dir / "backend.json"
+            atomic_write_bytes(path, json.dumps(info).encode())
+            os.chmod(path, 0o600)
+            print(f"flash-grpo backend on {info['url']} ({info['world_size']} processes); token in {path}", flush=True)
+            while not self.shutdown.is_set() or self.current is not None:
+                await asyncio.sleep(0.2)
+            path.unlink(missing_ok=True)
+            await runner.cleanup()
+
+        asyncio.run(main())
+
+
+def write_rank_error(state_dir: Path, rank: int, exc: BaseException) -> None:
+    cause = "CUDA out of memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else type(exc).__name__
+    atomic_write_bytes(state_dir / f"rank{rank}.error.json", json.dumps({
+        "rank": rank, "type": type(exc).__name__, "cause": cause, "message": str(exc)[:2000],
+        "traceback": traceback.format_exc()[-4000:], "time": time.time(),
+    }).encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer.backend", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--state-dir", required=True, help="folder for backend.json (URL + token) and error files")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
+    ap.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
+    ap.add_argument("--idle-timeout", type=float, default=900.0, help="exit after this many idle seconds")
+    ap.add_argument("--allow-remote", action="store_true",
+                    help="allow a non-loopback --host (multi-node setups behind your own network controls)")
+    args = ap.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        print(f"error: --host {args.host} is not loopback; add --allow-remote to listen there anyway", file=sys.stderr)
+        return 2
+    state_dir = Path(args.state_dir).expanduser()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    distributed = init_distributed()
+    rank = dist.get_rank() if distributed else 0
+    (state_dir / f"rank{rank}.error.json").unlink(missing_ok=True)
+    control = Control()
+    runner = LocalRunner()  # this rank's warm model
+    try:
+        if rank == 0:
+            backend = Backend(state_dir, control, args.idle_timeout, runner)
+            worker_error = []
+
+            def run_worker():
+                try:
+                    backend.worker()
+                except BaseException as e:  # noqa: BLE001
+                    worker_error.append(e)
+                    backend.shutdown.set()
+
+            thread = threading.Thread(target=run_worker, daemon=True)
+            thread.start()
+            backend.serve(args.host, args.port)
+            thread.join(timeout=60)
+            if worker_error:
+                return 1
+        else:
+            while True:
+                command = control.broadcast(None)
+                if command["op"] == "shutdown":
+                    break
+                if command["op"] == "noop":
+                    continue
+                try:
+                    execute(command, runner, lambda: control.agree(False), lambda e: None)
+                except UserError:
+                    pass  # rank 0 raises the same error and reports it
+        return 0
+    except Exception as e:  # noqa: BLE001
+        write_rank_error(state_dir, rank, e)
+        raise
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Client of the backend trainer process: start it on demand, send jobs, follow them.
+
+``connect(gpus)`` finds a running backend or starts one:
+
+1. ``FLASH_GRPO_BACKEND_URL`` (+ ``FLASH_GRPO_BACKEND_TOKEN``): a backend the user started by hand
+   (e.g. with torchrun on several machines); used as is.
+2. ``<state dir>/backend.json`` of a live backend with the requested number of processes.
+3. Otherwise a new one: ``python -m torch.distributed.run --standalone --nproc_per_node <gpus> -m
+   trainer.backend``, in its own session so it outlives this process (a run outlives the browser
+   tab or the terminal that started it); its output goes to ``<state dir>/backend.log``.
+
+The state dir is ``FLASH_GRPO_STATE_DIR`` or ``~/.cache/flash_grpo/backend``. ``run_job`` follows a
+job's events; when the backend dies it raises ``BackendError`` naming the rank and the cause
+(from the rank's error file or torchrun's log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from .. import settings
+from ..errors import UserError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding trainer/
+
+
+class BackendError(UserError):
+    """The backend failed or is unreachable; the message says which rank and why."""
+
+
+class BackendUnreachable(BackendError):
+    """No answer from the backend's address (not started yet, or gone)."""
+
+
+def state_dir() -> Path:
+    return settings.state_dir()
+
+
+class BackendClient:
+    def __init__(self, url: str, token: str, process: subprocess.Popen | None = None, directory: Path | None = None):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.process = process  # set when this client started the backend
+        self.directory = directory
+
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 60.0) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:500]
+            if e.code == 401:
+                raise BackendError(f"the backend at {self.url} refused the token (401). Set "
+                                   "FLASH_GRPO_BACKEND_TOKEN to the token in its backend.json.") from None
+            raise BackendError(f"backend request {method} {path} failed with {e.code}: {detail}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+            raise BackendUnreachable(f"cannot reach the backend at {self.url} ({getattr(e, 'reason', e)})") from None
+
+    def health(self) -> dict:
+        return self.request("GET", "/health", timeout=5.0)
+
+    def diagnose(self, what: str) -> str:
+        """Explain a lost backend: which rank failed and why, from torchrun's log and error files.
+
+        A rank killed by a signal shows only in torchrun's log; the ranks that then failed in a
+        collective wrote error files. Deaths are listed first: they are the cause.
+        """
+        parts = [what]
+        directory = self.directory or state_dir()
+        log = directory / "backend.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        dead = set()
+        for m in re.finditer(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)", text):
+            code, rank = int(m.group(1)), m.group(2)
+            if code < 0 and rank not in dead:
+                dead.add(rank)
+                parts.append(f"rank {rank} died (killed by {signal.Signals(-code).name})")
+        for path in sorted(directory.glob("rank*.error.json")):
+            try:
+                info = json.loads(path.read_text())
+                cause = info["cause"]
+                if dead and ("gloo" in info["message"].lower() or "nccl" in info["message"].lower()):
+                    cause = "lost contact with a dead rank"
+                parts.append(f"rank {info['rank']} failed: {cause}: {info['message'][:300]}")
+            except (OSError, ValueError, KeyError):
+                continue
+        parts.append("Checkpoints written so far are intact; resume the run. The next request starts a fresh backend.")
+        return "\n".join(parts)
+
+    def wait_for_exit(self, timeout: float = 30.0) -> None:
+        """After an internal failure: give torchrun time to stop the group and log why."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process is not None:
+                if self.process.poll() is not None:
+                    return
+            else:
+                try:
+                    self.health()
+                except BackendError:
+                    return
+            time.sleep(0.5)
+
+    def run_job(self, kind: str, payload: dict, on_event: Callable[[dict], None] = lambda e: None,
+                should_stop: Callable[[], bool] = lambda: False, job_id: str | None = None) -> dict:
+        """Submit (or re-attach to ``job_id``) and follow a job to its end; return its result."""
+        try:
+            return self._follow(kind, payload, on_event, should_stop, job_id)
+        except BackendUnreachable as e:
+            self.wait_for_exit()
+            raise BackendError(self.diagnose(f"lost the backend during the job: {e}")) from None
+
+    def _follow(self, kind, payload, on_event, should_stop, job_id):
+        if job_id is None:
+            job_id = self.request("POST", "/jobs", {"kind": kind, **payload})["job_id"]
+        seen, cancel_sent = 0, False
+        while True:
+            if should_stop() and not cancel_sent:
+                self.request("POST", f"/jobs/{job_id}/cancel", {})
+                cancel_sent = True
+            reply = self.request("GET", f"/jobs/{job_id}/events?after={seen}&wait=2", timeout=40.0)
+            for event in reply["events"]:
+                try:
+                    on_event(event)
+                except BaseException:
+                    # The caller gave up inside its callback (ComfyUI's progress hook raises its
+                    # interrupt there): stop the job too, so it ends with a checkpoint, then re-raise.
+                    self._cancel_and_wait(job_id)
+                    raise
+            seen = reply["next"]
+            if reply["state"] in ("done", "cancelled"):
+                return {**(reply["result"] or {}), "state": reply["state"], "job_id": job_id}
+            if reply["state"] == "failed":
+                err = reply["error"] or {}
+                message = err.get("message", "unknown error")
+                if err.get("user_error"):
+                    raise UserError(message)
+                self.wait_for_exit()
+                raise BackendError(self.diagnose(
+                    f"the backend failed during the job (rank {err.get('rank')}: {err.get('type')}: {message[:300]})"))
+
+    def _cancel_and_wait(self, job_id: str, timeout: float = 600.0) -> None:
+        """Cancel ``job_id`` and wait until it has ended (its checkpoint written); best effort."""
+        deadline = time.monotonic() + timeout
+        try:
+            self.request("POST", f"/jobs/{job_id}/cancel", {})
+            seen = 0
+            while time.monotonic() < deadline:
+                reply = self.request("GET", f"/jobs/{job_id}/events?after={seen}&wait=2", timeout=40.0)
+                seen = reply["next"]
+                if reply["state"] in ("done", "cancelled", "failed"):
+                    return
+        except BackendError:
+            pass
+
+    def shutdown(self) -> None:
+        try:
+            self.request("POST", "/shutdown", {}, timeout=5.0)
+        except BackendError:
+            pass
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGTERM)
+
+
+def _read_state(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / "backend.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def launch(gpus: int, directory: Path | None = None, timeout: float = 300.0) -> BackendClient:
+    """Start a backend with ``gpus`` processes and wait until it answers."""
+    directory = directory or state_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in list(directory.glob("rank*.error.json")) + [directory / "backend.json"]:
+        stale.unlink(missing_ok=True)
+    log = open(directory / "backend.log", "w")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+           "-m", "trainer.backend", "--state-dir", str(directory)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(gpus, 1))))
+    process = subprocess.Popen(cmd, cwd=PACKAGE_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = _read_state(directory)
+        if info:
+            client = BackendClient(info["url"], info["token"], process, directory)
+            try:
+                client.health()
+                return client
+            except BackendError:
+                pass
+        if process.poll() is not None:
+            raise BackendError(BackendClient("", "", None, directory).diagnose(
+                f"the backend exited during start-up (status {process.returncode}); see {directory / 'backend.log'}"))
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    raise BackendError(f"the backend did not start within {timeout:.0f} s; see {directory / 'backend.log'}")
+
+
+def connect(gpus: int = 1, directory: Path | None = None) -> BackendClient:
+    """A client for a backend with ``gpus`` processes: the configured one, a live one, or a new one."""
+    address = settings.backend_address()
+    if address:
+        url, token = address
+        if not token:
+            raise BackendError("FLASH_GRPO_BACKEND_URL is set but FLASH_GRPO_BACKEND_TOKEN is not: copy the "
+                               "token from the backend's backend.json.")
+        return BackendClient(url, token)
+    directory = directory or state_dir()
+    info = _read_state(directory)
+    if info:
+        client = BackendClient(info["url"], info["token"], None, directory)
+        try:
+            health = client.health()
+            if health.get("world_size") == gpus:
+                return client
+            client.shutdown()  # a live backend with another process count: replace it
+            time.sleep(1.0)
+        except BackendError:
+            pass
+    return launch(gpus, directory)

@@ -1,0 +1,223 @@
+"""Where the jobs of the nodes and of the CLI run: one interface, two runners.
+
+The front ends (the node types, the headless runner) need three jobs: train a LoRA, sample a
+prompt group as a rollout does, score videos with their group advantages. ``Runner`` is that
+interface, with typed results:
+
+* ``LocalRunner`` runs the jobs in this process and keeps the loaded pipeline warm between them.
+  The backend trainer process serves every job with one (``trainer.service.backend``);
+  ``python -m trainer.run --in-process`` uses one directly.
+* ``BackendRunner`` sends every job (train, sample and score alike) to the backend trainer
+  process, started on demand with the requested number of processes (``trainer.service.client``),
+  so no heavy work runs in ComfyUI's or the CLI's process.
+
+Which one is used is decided once, by the entry point: ``make_runner(gpus, in_process)``, called
+by the host the nodes run in (``trainer.graph.host``). Nothing below that decision knows or asks
+where it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from ..algo.grpo import group_advantages
+from ..engine.config import FlashGRPOConfig
+from ..engine.models import load_pipeline
+from ..engine.recipe import FlashGRPORecipe, RunResult, resolve_device_and_dtype
+from ..errors import UserError
+from ..rewards import as_uint8, build_reward_set
+from . import client as client_lib
+from .wire import decode_array, encode_array
+
+__all__ = ["BackendRunner", "LocalRunner", "RunCancelled", "RunResult", "Runner", "SampleResult", "ScoreResult",
+           "make_runner"]
+
+
+class RunCancelled(UserError):
+    """The user stopped a run; its checkpoint is on disk and it can be resumed."""
+
+    def __init__(self, result: RunResult):
+        self.result = result
+        super().__init__(
+            f"run cancelled after {result.iterations_done} iterations; checkpoint and LoRA saved in "
+            f"{result.run_dir}. Resume with --resume (headless) or resume=true and the same run_name."
+        )
+
+
+@dataclass
+class SampleResult:
+    """A sampled prompt group: ``videos`` float ``[P*G, T, H, W, 3]`` in 0..1 (prompt-major),
+    ``steps`` (the SDE step ``k`` of each prompt's group, or None), ``prompts`` (one per video)."""
+
+    videos: torch.Tensor
+    steps: list[int] | None
+    prompts: list[str]
+    seed: int
+
+
+@dataclass
+class ScoreResult:
+    """Scores ``[N]`` of a reward set, their group advantages ``[N]`` and ``has_signal`` ``[N]``
+    (the group's rewards differ), and each reward's own scores in ``details``."""
+
+    scores: torch.Tensor
+    advantages: torch.Tensor
+    has_signal: torch.Tensor
+    details: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Runner(Protocol):
+    """The three jobs, wherever they run."""
+
+    def train(self, cfg: FlashGRPOConfig, resume: bool = False,
+              should_stop: Callable[[], bool] = lambda: False,
+              on_event: Callable[[dict], None] = lambda e: None) -> RunResult:
+        """Train ``cfg`` to the end (or until ``should_stop``); raise ``RunCancelled`` if stopped.
+        ``on_event`` receives every event of the run (``trainer.engine.runlog``), as it happens."""
+        ...
+
+    def sample(self, cfg: FlashGRPOConfig, prompts: list[str], iteration: int = 0) -> SampleResult:
+        """Iso-temporal group sampling: ``cfg.group_size`` videos per prompt, exactly as the
+        training rollout of ``iteration`` draws them (step plan and noise from ``cfg.seed``)."""
+        ...
+
+    def score(self, reward_specs: list, videos, prompts: list[str], group_size: int,
+              std_mode: str = "group", clip: float = 5.0) -> ScoreResult:
+        """Score videos (uint8 or float ``[N, T, H, W, 3]``, ``N = groups * group_size``,
+        group-major) with a reward set and compute their group advantages."""
+        ...
+
+    def close(self) -> None:
+        """Release what the runner holds (a backend it started)."""
+        ...
+
+
+# ---------------------------------------------------------------------------------- local ----
+class LocalRunner:
+    """Runs the jobs in this process, on one CPU/GPU or as one rank of the backend's process group.
+
+    The loaded pipeline stays warm between jobs (one model at a time); ``model_loads`` counts loads.
+    """
+
+    def __init__(self):
+        self._pipelines: dict[tuple, object] = {}
+        self.model_loads = 0
+
+    def warm_pipeline(self, cfg: FlashGRPOConfig):
+        """The pipeline for ``cfg``'s model, loaded once and kept. The engine takes its sigma grid
+        from ``cfg.shift``, so one loaded pipeline serves any shift."""
+        _, dtype = resolve_device_and_dtype(cfg)
+        key = (cfg.model, str(dtype), cfg.seed if cfg.model == "tiny" else None)
+        if key not in self._pipelines:
+            self._pipelines.clear()  # keep one model in memory
+            self._pipelines[key] = load_pipeline(cfg.model, shift=cfg.shift, dtype=dtype, seed=cfg.seed)
+            self.model_loads += 1
+        return self._pipelines[key]
+
+    def drop_warm_pipeline(self) -> None:
+        self._pipelines.clear()
+
+    def train(self, cfg, resume=False, should_stop=lambda: False, on_event=lambda e: None) -> RunResult:
+        run_dir = Path(cfg.output_dir) / cfg.run_name if cfg.run_name else None
+        recipe = FlashGRPORecipe(cfg, run_dir=run_dir, resume=resume, pipeline=self.warm_pipeline(cfg)).setup()
+        try:
+            result = recipe.train(should_stop=should_stop, on_event=on_event)
+        finally:
+            if recipe.dist.enabled and cfg.parallel == "fsdp":
+                self.drop_warm_pipeline()  # FSDP sharded the module in place
+        if result.cancelled:
+            raise RunCancelled(result)
+        return result
+
+    def sample(self, cfg, prompts, iteration=0) -> SampleResult:
+        prompts = list(prompts)
+        cfg = FlashGRPOConfig.from_dict({**cfg.to_dict(), "prompts": prompts, "prompt_file": "",
+                                         "eval_prompts": 0, "prompts_per_iteration": len(prompts)})
+        recipe = FlashGRPORecipe(cfg, pipeline=self.warm_pipeline(cfg)).setup(training=False)
+        batch = recipe.rollout_phase(iteration, prompts_global=prompts)
+        videos = recipe.decode(batch.result.latents)
+        # each process decoded its own groups; rank order is prompt order
+        videos = recipe.dist.all_gather_cat(videos.to(recipe.device)).cpu()
+        return SampleResult(videos=videos, steps=batch.plan.group_steps,
+                            prompts=[p for p in prompts for _ in range(cfg.group_size)], seed=cfg.seed)
+
+    def score(self, reward_specs, videos, prompts, group_size, std_mode="group", clip=5.0) -> ScoreResult:
+        reward = build_reward_set(reward_specs)
+        out = reward(videos, list(prompts))
+        n = out.scores.shape[0]
+        if group_size < 1 or n % group_size:
+            raise UserError(f"{n} videos cannot be split into groups of {group_size}: give a multiple of the group size.")
+        groups = torch.arange(n // group_size).repeat_interleave(group_size)
+        adv, signal = group_advantages(out.scores, groups, std_mode, clip)
+        return ScoreResult(scores=out.scores, advantages=adv, has_signal=signal, details=dict(out.details))
+
+    def close(self) -> None:
+        self.drop_warm_pipeline()
+
+
+# -------------------------------------------------------------------------------- backend ----
+class BackendRunner:
+    """Sends every job to the backend trainer process with ``gpus`` processes.
+
+    The backend is found or started on first use (``client.connect``) and reconnected after a
+    failure. ``client``: an already connected ``BackendClient`` to use instead.
+    """
+
+    def __init__(self, gpus: int = 1, client: client_lib.BackendClient | None = None):
+        self.gpus = gpus
+        self._client = client
+
+    def connection(self) -> client_lib.BackendClient:
+        """The backend client (reconnects when the backend died or has another process count)."""
+        c = self._client
+        if c is None or c.process is not None and c.process.poll() is not None:
+            self._client = client_lib.connect(self.gpus)
+        else:
+            try:
+                if c.health().get("world_size") != self.gpus:
+                    self._client = client_lib.connect(self.gpus)
+            except client_lib.BackendError:
+                self._client = client_lib.connect(self.gpus)
+        return self._client
+
+    def train(self, cfg, resume=False, should_stop=lambda: False, on_event=lambda e: None) -> RunResult:
+        out = self.connection().run_job("train", {"config": cfg.to_dict(), "resume": resume},
+                                        on_event=on_event, should_stop=should_stop)
+        result = RunResult(Path(out["run_dir"]), Path(out["lora_path"]) if out.get("lora_path") else None,
+                           out["iterations_done"], out["cancelled"], out.get("summary", {}))
+        if result.cancelled:
+            raise RunCancelled(result)
+        return result
+
+    def sample(self, cfg, prompts, iteration=0) -> SampleResult:
+        out = self.connection().run_job("sample", {"config": cfg.to_dict(), "prompts": list(prompts),
+                                                   "iteration": int(iteration)})
+        videos = decode_array(out["videos"]).float() / 255.0  # travels as uint8
+        return SampleResult(videos=videos, steps=out["steps"], prompts=out["prompts"], seed=out["seed"])
+
+    def score(self, reward_specs, videos, prompts, group_size, std_mode="group", clip=5.0) -> ScoreResult:
+        out = self.connection().run_job("score", {
+            "rewards": reward_specs, "videos": encode_array(as_uint8(videos)), "prompts": list(prompts),
+            "group_size": group_size, "std_mode": std_mode, "clip": clip})
+        return ScoreResult(scores=torch.tensor(out["scores"]), advantages=torch.tensor(out["advantages"]),
+                           has_signal=torch.tensor(out["has_signal"]),
+                           details={k: torch.tensor(v) for k, v in out["details"].items()})
+
+    def close(self) -> None:
+        """Shut down the backend if this runner started it (a user-started or shared one stays)."""
+        if self._client is not None and self._client.process is not None:
+            self._client.shutdown()
+        self._client = None
+
+
+def make_runner(gpus: int = 1, in_process: bool = False) -> Runner:
+    """The runner for jobs on ``gpus`` processes: the backend, or this process (one process only)."""
+    if in_process:
+        if gpus != 1:
+            raise UserError(f"gpus={gpus}: in-process jobs use one process; multi-GPU runs go through the backend.")
+        return LocalRunner()
+    return BackendRunner(gpus)

@@ -1,0 +1,67 @@
+"""Every ``FLASH_GRPO_*`` environment variable the pack reads, read here and nowhere else.
+
+User settings:
+
+``FLASH_GRPO_MODEL``
+    Wan model folder for every model-source node of a headless run (``--model`` wins).
+``FLASH_GRPO_STATE_DIR``
+    Folder of the backend trainer process's ``backend.json`` (URL + token), log and error files
+    (default ``~/.cache/flash_grpo/backend``).
+``FLASH_GRPO_BACKEND_URL``, ``FLASH_GRPO_BACKEND_TOKEN``
+    A backend started by hand (e.g. with torchrun on several machines): used as is, never started
+    or stopped by a client.
+``FLASH_GRPO_REWARD_TOKEN``
+    Bearer token of a reward server (``python -m trainer.rewards.serve``) and its ``remote`` clients.
+
+Test and debugging switches:
+
+``FLASH_GRPO_DIST_BACKEND=gloo``
+    Use gloo instead of NCCL on a CUDA machine.
+``FLASH_GRPO_TEST_DISABLE_GRAD_SYNC=1``
+    DDP never all-reduces gradients (a negative control: ranks must then drift apart).
+
+Where jobs run (in this process or in the backend) is not an environment variable: it is chosen
+once by the entry point (``python -m trainer.run --in-process``) and carried by the host's runner.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MODEL_ENV = "FLASH_GRPO_MODEL"
+STATE_DIR_ENV = "FLASH_GRPO_STATE_DIR"
+BACKEND_URL_ENV = "FLASH_GRPO_BACKEND_URL"
+BACKEND_TOKEN_ENV = "FLASH_GRPO_BACKEND_TOKEN"
+REWARD_TOKEN_ENV = "FLASH_GRPO_REWARD_TOKEN"
+DIST_BACKEND_ENV = "FLASH_GRPO_DIST_BACKEND"
+NO_GRAD_SYNC_ENV = "FLASH_GRPO_TEST_DISABLE_GRAD_SYNC"
+
+DEFAULT_STATE_DIR = "~/.cache/flash_grpo/backend"
+
+
+def model_override() -> str | None:
+    """``FLASH_GRPO_MODEL``, or None when unset or empty."""
+    return os.environ.get(MODEL_ENV) or None
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR)).expanduser()
+
+
+def backend_address() -> tuple[str, str] | None:
+    """``(url, token)`` of a backend the user started by hand, or None. The token may be empty."""
+    url = os.environ.get(BACKEND_URL_ENV)
+    return (url, os.environ.get(BACKEND_TOKEN_ENV, "")) if url else None
+
+
+def reward_token() -> str | None:
+    return os.environ.get(REWARD_TOKEN_ENV)
+
+
+def force_gloo() -> bool:
+    return os.environ.get(DIST_BACKEND_ENV) == "gloo"
+
+
+def grad_sync_disabled() -> bool:
+    return os.environ.get(NO_GRAD_SYNC_ENV) == "1"
