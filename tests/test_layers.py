@@ -4,7 +4,7 @@ and there is no import cycle between modules or between packages.
 Layers, bottom to top (``LAYERS``; a module's layer is that of its longest matching prefix):
 
 0. base: ``trainer.algo`` (pure tensor math: imports nothing of the project, not even
-   ``trainer.errors``), ``trainer.errors``, ``trainer.settings``, ``trainer.fileio``, and
+   ``trainer.errors``), ``trainer.errors``, ``trainer.seeding``, ``trainer.settings``, ``trainer.fileio``, and
    ``trainer.toy.world`` (the toy world's data and pixel readings)
 1. ``trainer.rewards``
 2. ``trainer.engine`` (config, presets, data, models, LoRA, strategies, rollout, recipe, ...)
@@ -30,6 +30,7 @@ PACK = "<pack>"  # the repository's own __init__.py (ComfyUI's entry point)
 
 LAYERS = {
     "trainer": 0, "trainer.algo": 0, "trainer.errors": 0, "trainer.settings": 0, "trainer.fileio": 0,
+    "trainer.seeding": 0,
     "trainer.toy": 0, "trainer.toy.world": 0,
     "trainer.rewards": 1,
     "trainer.engine": 2,

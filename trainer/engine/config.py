@@ -127,7 +127,8 @@ class FlashGRPOConfig:
     prompt_file: str = _f("", "Text file with one prompt per line (blank lines and # comments skipped).")
     eval_prompts: int = _f(2, "Prompts held out for evaluation and before/after videos.")
     # --- run ----------------------------------------------------------------------------------
-    seed: int = _f(0, "Seed of everything: model init (tiny), prompts order, steps k, noise.")
+    seed: int = _f(0, "Seed of everything: model init (tiny), LoRA init, prompt order, steps k, noise, minibatches "
+                  "(streams of trainer.seeding).")
     output_dir: str = _f("runs", "Folder that receives one run directory per run.")
     run_name: str = _f("", "Run directory name (empty = strategy + timestamp).")
     checkpoint_every: int = _f(5, "Write a checkpoint every this many iterations (and at the end / on cancel).")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .. import seeding
 from ..errors import UserError
 
 DEFAULT_PROMPTS = [
@@ -38,9 +39,10 @@ def read_prompt_file(path: str | Path) -> list[str]:
 class PromptSet:
     """Training prompts and held-out evaluation prompts.
 
-    The held-out split takes ``eval_count`` prompts from a seeded shuffle; the rest train. The
-    prompts of iteration ``it`` are a pure function of ``(seed, it)``: epoch ``e`` visits the
-    training prompts in a permutation seeded by ``(seed, e)``. Resuming at an iteration therefore
+    The held-out split takes ``eval_count`` prompts from a shuffle drawn from the stream
+    ``(seed, "prompts", "split")`` (``trainer.seeding``); the rest train. The prompts of iteration
+    ``it`` are a pure function of ``(seed, it)``: epoch ``e`` visits the training prompts in the
+    permutation drawn from ``(seed, "prompts", e)``. Resuming at an iteration therefore
     needs no saved data-loader state.
     """
 
@@ -55,7 +57,7 @@ class PromptSet:
             raise UserError("no prompts: give 'prompts' or a 'prompt_file' with one prompt per line.")
         if len(prompts) == 1 or eval_count <= 0:
             return cls(train=prompts, eval=prompts[: min(eval_count, len(prompts))], seed=seed)
-        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
+        order = torch.randperm(len(prompts), generator=seeding.generator(seed, "prompts", "split")).tolist()
         eval_count = min(eval_count, len(prompts) - 1)
         held = sorted(order[:eval_count])
         return cls(
@@ -70,6 +72,6 @@ class PromptSet:
         out = []
         for pos in range(iteration * size, (iteration + 1) * size):
             epoch, idx = divmod(pos, n)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7777 + epoch))
+            perm = torch.randperm(n, generator=seeding.generator(self.seed, "prompts", epoch))
             out.append(self.train[int(perm[idx])])
         return out

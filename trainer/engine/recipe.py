@@ -16,9 +16,10 @@ One iteration (Flash-GRPO, arXiv 2605.15980; the baselines differ only in their 
    rectification weight ``c = (1/K(t)) / mean(1/K)`` (1 without rectification), optional KL,
    AdamW step, EMA of the LoRA.
 
-All randomness (plans, initial noise, SDE noise, prompt order) is a function of
-``(seed, iteration, sample)``: a resumed run repeats exactly what an uninterrupted one does, and a
-run on N processes draws the same numbers as on one.
+All randomness (plans, initial and SDE noise, prompt order, minibatch order, LoRA init) follows
+the one rule of ``trainer.seeding``: a stream named by ``(seed, purpose, iteration, sample, step)``.
+A resumed run therefore repeats exactly what an uninterrupted one does, and a run on N processes
+draws the same numbers as on one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from .. import settings
+from .. import seeding, settings
 from ..algo import sde as sde_math
 from ..algo.grpo import clipped_surrogate, group_advantages, kl_to_reference
 from ..errors import UserError
@@ -55,17 +56,10 @@ class Cancelled(Exception):
     """Raised inside an iteration when ``should_stop`` turned true; the iteration is discarded."""
 
 
-def _seed_of(*parts: int) -> int:
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (int(p) + 0x9E3779B9)) * 1099511628211) % (2**63 - 1)
-    return h
-
-
 def sample_noise(seed: int, iteration: int, sample: int, step: int, shape: tuple) -> torch.Tensor:
-    """Standard normal noise keyed by (seed, iteration, global sample id, step), drawn on CPU."""
-    g = torch.Generator().manual_seed(_seed_of(seed, iteration, sample, step + 1))
-    return torch.randn(shape, generator=g)
+    """Standard normal noise of a global sample: the stream ``(seed, "noise", iteration, sample,
+    step)`` of ``trainer.seeding`` (``step = -1``: the initial noise), drawn on CPU."""
+    return seeding.normal(shape, seed, "noise", iteration, sample, step)
 
 
 def _as_uint8(videos: torch.Tensor):
@@ -195,7 +189,7 @@ class FlashGRPORecipe:
         if lora_lib.has_lora(self.transformer):  # a warm pipeline from an earlier run: start afresh
             lora_lib.remove_lora(self.transformer)
         lora_lib.add_lora(self.transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                          include_ffn=cfg.lora_ffn, init_seed=cfg.seed)
+                          include_ffn=cfg.lora_ffn, init_seed=seeding.derive_seed(cfg.seed, "lora_init"))
         self.lora_params = [p for _, p in lora_lib.lora_parameters(self.transformer)]
         for p in self.lora_params:
             p.data = p.data.float()
@@ -515,7 +509,7 @@ class FlashGRPORecipe:
         else:
             weights = torch.ones(M)
         adv = advantages[result.trans_sample]
-        order = torch.randperm(M, generator=torch.Generator().manual_seed(_seed_of(cfg.seed, it, 99)))
+        order = torch.randperm(M, generator=seeding.generator(cfg.seed, "minibatch", it))
         minibatches = [mb for mb in order.chunk(cfg.updates_per_iteration) if mb.numel() > 0]
         totals = UpdateStats(transitions=float(M))
         grad_norms = []

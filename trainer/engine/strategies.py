@@ -22,8 +22,8 @@ table (``python -m trainer.engine.strategies``) and the benchmark's pass counts 
   ``mix_window_size`` steps that moves one step toward clean every ``mix_shift_every`` iterations
   and rolls back to the start.
 
-Plans are drawn from a generator keyed by ``(seed, iteration)`` only, so every process of a
-distributed run draws the same plan without communicating.
+Plans are drawn from the stream ``(seed, "plan", iteration)`` of ``trainer.seeding`` only, so
+every process of a distributed run draws the same plan without communicating.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from .. import seeding
 
 if TYPE_CHECKING:  # the config imports this registry; strategies only read config fields
     from .config import FlashGRPOConfig
@@ -49,8 +51,9 @@ class StepPlan:
 
 
 def plan_generator(seed: int, iteration: int) -> torch.Generator:
-    """The generator all processes use to draw iteration ``iteration``'s plan."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + iteration * 7919 + 17)
+    """The generator all processes use to draw iteration ``iteration``'s plan: the stream
+    ``(seed, "plan", iteration)`` of ``trainer.seeding``."""
+    return seeding.generator(seed, "plan", iteration)
 
 
 class Strategy:
