@@ -146,6 +146,15 @@ def main(argv: list[str] | None = None) -> int:
             m = json.loads(metrics)
             if "reward_first" in m:
                 print(f"reward (mean of first/last 5 iterations): {m['reward_first']:.4f} -> {m['reward_last']:.4f}")
+            rows = [r for r in m.get("held_out", []) if "gain" in r]
+            if rows:
+                before = sum(r["before"] for r in rows) / len(rows)
+                after = sum(r["after"] for r in rows) / len(rows)
+                line = f"held-out reward ({len(rows)} prompts): {before:.4f} -> {after:.4f} ({after - before:+.4f})"
+                kept = [r["after_readings"].get("object_kept") for r in rows if "after_readings" in r]
+                if kept and all(k is not None for k in kept):
+                    line += f"; objects kept after training: {sum(kept)}/{len(kept)}"
+                print(line + " (per prompt in summary.json)")
     return 0
 
 

@@ -47,20 +47,21 @@ def test_training_script_writes_a_loadable_folder(tmp_path):
     """A few steps of the real script: data, tokenizer, flow matching, save, report."""
     out = tmp_path / "toy"
     toy_model.main(["--out", str(out), "--clips", "32", "--steps", "3", "--batch-size", "8",
-                    "--report-samples", "4", "--threads", "1"])
+                    "--vae-steps", "2", "--report-samples", "4", "--threads", "1"])
     report = json.loads((out / "report.json").read_text())
     assert report["train_steps"] == 3 and report["samples"] == 4
     pipe = load_pipeline(str(out))
     trained = pipe.transformer.state_dict()
-    fresh = toy_model.build_untrained(0, toy_model.TINY_VAE).transformer.state_dict()
+    fresh = toy_model.build_untrained(0, TOY_MODEL_DIR / "vae").transformer.state_dict()
+    assert pipe.vae.config.scale_factor_spatial == 4 and report["vae_steps"] == 2
     assert any(not torch.equal(trained[k], fresh[k]) for k in fresh)  # the EMA moved
 
 
 def test_training_encodes_prompts_like_the_engine():
     """The script trains on the pipeline's own prompt encoding, which the recipe also uses."""
-    pipe = toy_model.build_untrained(0, toy_model.TINY_VAE)
+    pipe = toy_model.build_untrained(0, TOY_MODEL_DIR / "vae")
     pipe.text_encoder.eval()  # no dropout: compare the encodings themselves
-    prompts = ["a small red circle on the left moves up slowly on a black background", ""]
+    prompts = ["a small red circle on the left moves upward slowly on a black background", ""]
     with torch.no_grad():
         ours = pipe._get_t5_prompt_embeds(prompts, max_sequence_length=toy_model.MAX_SEQUENCE_LENGTH,
                                           device=torch.device("cpu"))

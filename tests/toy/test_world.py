@@ -30,6 +30,10 @@ def test_every_choice_occurs_and_captions_parse_back(clips):
     for a, c in zip(attrs, captions):
         assert W.parse_caption(c) == a
     assert W.parse_caption("a red square moving left") == {"colour": "red", "shape": "square", "direction": "left"}
+    assert W.parse_caption("a red square on the left moves upward") == {
+        "colour": "red", "shape": "square", "position": "left", "direction": "up"}
+    # Position and direction use different words, so a caption never says "left" twice.
+    assert all(c.split().count("left") <= 1 and c.split().count("right") <= 1 for c in captions)
     assert W.parse_caption("a dog") == {}
 
 
@@ -47,8 +51,9 @@ def test_measured_motion_matches_the_rendered_velocity():
     for direction, (dx, dy) in W.DIRECTIONS.items():
         video = W.render([{**base, "direction": direction}], g=torch.Generator().manual_seed(0))
         v = W.measure(W.to_reward_layout(video)).velocity[0]
-        # Speed jitter is +-10 % of 0.045 of the side per frame.
-        assert v[0] * dx + v[1] * dy == pytest.approx(0.045, rel=0.12), direction
+        # Speed jitter is +-10 % of the fast speed per frame (an object partly out of the frame is
+        # measured by its edge still inside).
+        assert v[0] * dx + v[1] * dy == pytest.approx(W.SPEEDS["fast"], rel=0.12), direction
         assert abs(v[0] * dy) + abs(v[1] * dx) < 1e-3, direction  # no motion across
 
 
@@ -97,14 +102,49 @@ def test_a_prompt_without_the_attribute_is_a_clear_error(clips):
 
 
 def test_readings_survive_the_vae():
-    """What the rewards see in training: decoded videos of the shipped tiny VAE."""
+    """What the rewards see in training: clips decoded by the toy model's VAE (16x16 latents).
+
+    Every attribute, shape included, is read right on at least 90 % of 96 held-out clips
+    (measured: shape 0.99, the others 1.00).
+    """
     from diffusers import AutoencoderKLWan
 
-    from trainer.toy.vae import DEFAULT_OUT, reconstruct
+    from trainer.engine.models import TOY_MODEL_DIR
+    from trainer.toy.vae import reconstruct
 
-    vae = AutoencoderKLWan.from_pretrained(str(DEFAULT_OUT)).eval()
-    videos, attrs, _ = W.generate(32, seed=11)
+    vae = AutoencoderKLWan.from_pretrained(str(TOY_MODEL_DIR / "vae")).eval()
+    assert vae.config.scale_factor_spatial == 4  # 64x64 frames -> a 16x16 latent grid
+    videos, attrs, _ = W.generate(96, seed=11)
     read = W.read_attributes(W.to_reward_layout(reconstruct(vae, videos)))
-    for attr in ("colour", "size", "position", "direction", "speed", "background"):
+    for attr in W.ATTRIBUTES:
         rate = sum(r[attr] == a[attr] for r, a in zip(read, attrs)) / len(attrs)
         assert rate >= 0.9, (attr, rate)
+
+
+def test_soft_measures_are_blur_invariant():
+    """Area, fill and velocity come from coverage sums, so blurring a clip barely moves them."""
+    videos, attrs, _ = W.generate(32, seed=21)
+    sharp = W.to_reward_layout(videos)
+    n, t, h, w, c = sharp.shape
+    kernel = torch.ones(3, 1, 1, 3, 3) / 9
+    x = sharp.permute(0, 4, 1, 2, 3)  # [n, 3, T, H, W]
+    blurred = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (1, 1, 1, 1, 0, 0), mode="replicate"),
+                                         kernel, groups=3).permute(0, 2, 3, 4, 1)
+    a, b = W.measure(sharp), W.measure(blurred)
+    assert (a.area - b.area).abs().max() < 0.01
+    assert (a.fill - b.fill).abs().max() < 0.06
+    assert (a.velocity - b.velocity).abs().max() < 0.01
+    assert [r["shape"] for r in W.read_attributes(blurred)] == [x["shape"] for x in attrs]
+
+
+def test_objects_kept_flags_lost_recoloured_and_flooded_objects():
+    videos, attrs, captions = W.generate(4, seed=5)
+    clips = W.to_reward_layout(videos)
+    assert W.objects_kept(clips, captions) == [True] * 4
+    flooded = clips.clone()
+    flooded[0] = torch.tensor(W.COLOURS[attrs[0]["colour"]])  # the whole frame in the object's colour
+    blank = clips.clone()
+    blank[1] = torch.tensor(W.BACKGROUNDS[attrs[1]["background"]])  # the object gone
+    other = [c.replace(attrs[2]["colour"], "green" if attrs[2]["colour"] != "green" else "red") for c in captions]
+    kept = W.objects_kept(torch.cat([flooded[:1], blank[1:2], clips[2:]]), [captions[0], captions[1], other[2], captions[3]])
+    assert kept == [False, False, False, True]

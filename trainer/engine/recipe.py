@@ -622,7 +622,8 @@ class FlashGRPORecipe:
             return {}
         with self.ema_weights() if tag == "after" else contextlib.nullcontext():
             videos = self.sample(self.prompts.eval)
-        scores = self.reward_fn(videos, self.prompts.eval).scores
+        scored = self.reward_fn(videos, self.prompts.eval)
+        scores = scored.scores
         if self.cfg.sample_videos:
             self._samples[tag] = (_as_uint8(videos), scores.tolist())  # uint8: 4x less kept in memory
             if tag == "after" and "before" not in self._samples:
@@ -634,7 +635,25 @@ class FlashGRPORecipe:
             if tag == "after":
                 (v0, s0), (v1, s1) = self._samples["before"], self._samples["after"]
                 write_before_after(self.run_dir / "samples" / "before_after.png", self.prompts.eval, v0, v1, s0, s1)
-        return {"eval_reward_mean": float(scores.mean()), "eval_rewards": scores.tolist()}
+        out = {"eval_reward_mean": float(scores.mean()), "eval_rewards": scores.tolist()}
+        if scored.readings is not None:
+            out["eval_readings"] = scored.readings
+        return out
+
+    def held_out_table(self, before: dict, after: dict) -> list[dict]:
+        """Per held-out prompt: its score before and after training (and what the reward read)."""
+        rows = []
+        for i, prompt in enumerate(self.prompts.eval):
+            row = {"prompt": prompt}
+            for tag, res in (("before", before), ("after", after)):
+                if i < len(res.get("eval_rewards", [])):
+                    row[tag] = res["eval_rewards"][i]
+                if i < len(res.get("eval_readings") or []):
+                    row[f"{tag}_readings"] = res["eval_readings"][i]
+            if "before" in row and "after" in row:
+                row["gain"] = row["after"] - row["before"]
+            rows.append(row)
+        return rows
 
     def train(self, should_stop: Callable[[], bool] = lambda: False,
               on_event: Callable[[dict], None] = lambda e: None) -> RunResult:
@@ -683,6 +702,8 @@ class FlashGRPORecipe:
                 summary["reward_last"] = sum(e["reward_mean"] for e in its[-k:]) / k
             start = next((e for e in events if e.get("event") == "start"), {})
             summary["before"] = start.get("before", {})
+            if self.prompts.eval:
+                summary["held_out"] = self.held_out_table(summary["before"], summary.get("after", {}))
             atomic_write_json(self.run_dir / "summary.json", summary)
             emit({"event": "cancelled" if cancelled else "done", "iteration": done, **summary})
         return RunResult(self.run_dir, lora_path, done, cancelled, summary)

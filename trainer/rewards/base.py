@@ -198,10 +198,14 @@ class RewardOutput:
     ``details``: ``name -> float32 [N]`` on CPU; components or diagnostics worth logging (for a
     :class:`WeightedSum`: each component's raw score under its name, nested details under
     ``"component/key"``). May be empty.
+    ``readings``: optional, one dict per video of what the reward read from it, for people (the
+    toy-world rewards: the attribute each video shows); JSON-serialisable values. ``None`` when
+    the reward reads nothing worth showing.
     """
 
     scores: torch.Tensor
     details: dict[str, torch.Tensor] = field(default_factory=dict)
+    readings: list[dict] | None = None
 
 
 def _as_score_vector(value: Any, n: int, what: str) -> torch.Tensor:
@@ -252,6 +256,7 @@ class Reward:
         with torch.no_grad():
             scores: list[torch.Tensor] = []
             details: dict[str, list[torch.Tensor]] = {}
+            readings: list[dict] | None = None
             start = 0
             for run in runs:
                 step = self.batch_size or int(run.shape[0])
@@ -267,10 +272,16 @@ class Reward:
                     for key, value in out.details.items():
                         details.setdefault(key, []).append(
                             _as_score_vector(value, b, f"{self.name} detail {key!r}"))
+                    if out.readings is not None:
+                        if len(out.readings) != b:
+                            raise ValueError(f"{self.name}: {len(out.readings)} readings for {b} videos")
+                        readings = (readings or []) + list(out.readings)
                     start += b
         if not scores:
             return RewardOutput(torch.zeros(0, dtype=torch.float32), {})
-        return RewardOutput(torch.cat(scores), {k: torch.cat(v) for k, v in details.items()})
+        if readings is not None and len(readings) != n:
+            readings = None  # some batches read nothing: show nothing rather than misaligned rows
+        return RewardOutput(torch.cat(scores), {k: torch.cat(v) for k, v in details.items()}, readings)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -401,14 +412,17 @@ class WeightedSum(Reward):
     def __call__(self, videos: Any, prompts: Sequence[str] | None = None) -> RewardOutput:
         total: torch.Tensor | None = None
         details: dict[str, torch.Tensor] = {}
+        readings: list[dict] | None = None
         for label, weight, reward in self.components:
             out = reward(videos, prompts)
             details[label] = out.scores
             for key, value in out.details.items():
                 details[f"{label}/{key}"] = value
+            if out.readings is not None:  # merged per video: rewards reading the same thing agree
+                readings = [{**(readings[i] if readings else {}), **r} for i, r in enumerate(out.readings)]
             part = weight * out.scores.to(torch.float64)
             total = part if total is None else total + part
-        return RewardOutput(total.to(torch.float32), details)
+        return RewardOutput(total.to(torch.float32), details, readings)
 
     def __repr__(self) -> str:
         return f"WeightedSum({self.name})"

@@ -55,7 +55,9 @@ class ToyWorldReward(Reward):
 
     def score(self, videos: torch.Tensor, prompts: list[str]) -> RewardOutput:
         asked = self._asked(prompts)
-        probs = toy_world.attribute_probs(toy_world.measure(videos.cpu()))
+        videos = videos.cpu()
+        measurement = toy_world.measure(videos)
+        probs = toy_world.attribute_probs(measurement)
         n = len(prompts)
         total, correct, count = torch.zeros(n), torch.zeros(n), torch.zeros(n)
         per_attr = {a: torch.full((n,), float("nan")) for a in self.attributes}
@@ -68,11 +70,15 @@ class ToyWorldReward(Reward):
                 correct[i] += float(p.sum() > 0 and int(p.argmax()) == k)
                 count[i] += 1
         scores = total / count
+        # What each video shows, all seven attributes (None: no object), and whether it still shows
+        # an object of the asked colour on the asked background: for people, in summary.json.
+        readings = [{**r, "object_kept": k} for r, k in zip(
+            toy_world.read_attributes(videos, measurement), toy_world.objects_kept(videos, prompts, measurement))]
         if self.single:
-            return RewardOutput(scores)
+            return RewardOutput(scores, readings=readings)
         details = {a: v for a, v in per_attr.items() if not v.isnan().any()}
         details["accuracy"] = correct / count
-        return RewardOutput(scores, details)
+        return RewardOutput(scores, details, readings)
 
 
 # Registered as factories without arguments (build_reward passes none): the name fixes the attributes.

@@ -5,30 +5,32 @@ folder (``model_index.json``, ``transformer/``, ``text_encoder/``, ``tokenizer/`
 ``scheduler/``), loaded by ``trainer.engine.models.load_pipeline("toy")`` through the same
 ``WanPipeline.from_pretrained`` path as a real ``Wan2.1-T2V-1.3B-Diffusers`` folder. Steps:
 
-1. **VAE**: the trained tiny VAE of ``trainer.toy.vae`` (``python -m trainer.toy.vae`` rebuilds it bit
-   for bit; it is copied from ``trainer/assets/tiny_vae``, or retrained with ``--train-vae``).
+1. **VAE** (``train_toy_vae``): Wan's causal 3D VAE with two spatial downsampling stages instead
+   of three (``TOY_VAE_CONFIG``): a 9x64x64 clip becomes latents ``[4, 3, 16, 16]``, 4x4 pixels
+   per latent and Wan's 4x temporal compression. It starts as an exact block-colour codec
+   (``trainer.toy.vae.structured_init``) and is fine-tuned as a VAE on toy-world clips and generic
+   synthetic scenes. ``--vae DIR`` reuses a trained one instead.
 2. **Data**: ``--clips`` captioned clips of ``trainer.toy.world.generate`` (9 frames, 64x64),
-   encoded once to normalised VAE latents ``(mean(z) - latents_mean) / latents_std``
-   ``[4, 3, 8, 8]``.
-3. **Tokenizer**: a sentencepiece unigram model trained on the toy vocabulary (every word one
-   piece), saved as a T5 tokenizer.
+   encoded once to normalised VAE latents ``(mean(z) - latents_mean) / latents_std``.
+3. **Tokenizer**: one T5 (unigram) piece per toy word (``build_tokenizer``).
 4. **Flow matching**: a random-initialised ``UMT5EncoderModel`` and ``WanTransformer3DModel``
-   (``TOY_CONFIG``) are trained jointly, Wan's rectified-flow objective:
+   (``TOY_CONFIG``) are trained jointly with Wan's rectified-flow objective:
    ``x_s = (1 - s) x_0 + s e``, the transformer predicts ``v = e - x_0`` at timestep ``1000 s``,
    with ``s = shift u / (1 + (shift - 1) u)``, ``u ~ U(0, 1)`` and ``shift = 3`` (the sampler's
    time shift, so training sees the noise levels sampling visits). Prompts are encoded by the
    pipeline's own ``_get_t5_prompt_embeds`` (cut at the prompt's length, zero-padded), exactly as
    ``trainer.engine.recipe`` encodes them, with gradients. 10 % of captions are dropped to ``""`` so
-   classifier-free guidance has an unconditional model. AdamW, cosine decay, EMA of the weights
-   (the EMA is what ships).
+   classifier-free guidance has an unconditional model. AdamW, warm-up then cosine decay, EMA of
+   the weights (the EMA is what ships).
 5. **Report**: caption-following rates per attribute: deterministic ODE samples of held-out
    captions (the engine's own sampler, ``FlashGRPORecipe.sample``) read by
    ``trainer.toy.world.read_attributes``, against chance ``1 / choices``; written to
    ``toy_wan/report.json``.
 
 Deterministic for ``--seed`` and ``--threads`` on one machine and torch build
-(``torch.use_deterministic_algorithms``, private generators); other CPUs may differ in the last
-bits, which is why the folder is shipped rather than rebuilt at load time.
+(``torch.use_deterministic_algorithms``, private generators). Float reductions differ between
+CPUs, so a rebuild elsewhere gives close but not bit-identical weights; that is why the folder is
+shipped rather than rebuilt at load time.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,29 +49,32 @@ import torch
 from ..algo.sde import time_shift
 from ..engine.models import TOY_MODEL_DIR as DEFAULT_OUT
 from . import world as toy_world
-from .vae import DEFAULT_OUT as TINY_VAE  # the trained tiny VAE, shared with the built-in tiny model
 
 log = logging.getLogger(__name__)
 
 TOY_CONFIG = {
     "transformer": dict(
-        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=4,
-        out_channels=4, text_dim=32, freq_dim=32, ffn_dim=256, num_layers=4, rope_max_seq_len=32,
+        patch_size=(1, 4, 4), num_attention_heads=4, attention_head_dim=32, in_channels=4,
+        out_channels=4, text_dim=32, freq_dim=32, ffn_dim=512, num_layers=4, rope_max_seq_len=32,
     ),
     "text_encoder": dict(
         d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
     ),
 }
+
+TOY_VAE_CONFIG = dict(
+    base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1, temperal_downsample=[True, True],
+    scale_factor_spatial=4, scale_factor_temporal=4, latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+)
+"""The toy VAE: ``AutoencoderKLWan`` with two downsampling stages (4x space, 4x time)."""
+
 MAX_SEQUENCE_LENGTH = 32
 """Text tokens per prompt for the toy model (captions are about 18 tokens)."""
 
 
 def toy_vocabulary() -> list[str]:
     """Every word a toy-world caption can use, sorted."""
-    words = {"a", "on", "in", "the", "moves", "slowly", "background"}
-    for choices in toy_world.CHOICES.values():
-        words.update(choices)
-    return sorted(words)
+    return sorted(set(toy_world.CAPTION_WORDS))
 
 
 def build_tokenizer():
@@ -86,8 +92,28 @@ def build_tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
+def vae_training_clips(n: int, seed: int) -> torch.Tensor:
+    """The toy VAE's training data: half toy-world clips, half generic synthetic scenes."""
+    from .vae import synthetic_videos
+
+    world = toy_world.generate((n + 1) // 2, seed=seed)[0]
+    return torch.cat([world, synthetic_videos(n // 2, seed=seed)])
+
+
+def train_toy_vae(seed: int = 0, steps: int = 300, threads: int = 2):
+    """``AutoencoderKLWan(**TOY_VAE_CONFIG)`` from the block-colour codec, fine-tuned ``steps`` steps.
+
+    ``trainer.toy.train_tiny_vae`` does the work (crops of 32x32, the last tenth on whole clips,
+    latent statistics stored in the config); about 2.5 minutes on 2 CPU cores.
+    """
+    from .vae import train_tiny_vae
+
+    return train_tiny_vae(steps=steps, seed=seed, full_steps=steps // 10, threads=threads,
+                          config=TOY_VAE_CONFIG, data=vae_training_clips)
+
+
 def encode_clips(vae, n: int, seed: int, batch_size: int = 32):
-    """``(latents [n, 4, 3, 8, 8] normalised, captions)`` of ``n`` toy-world clips."""
+    """``(latents [n, 4, 3, 16, 16] normalised, captions)`` of ``n`` toy-world clips."""
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     latents, captions = [], []
@@ -97,17 +123,18 @@ def encode_clips(vae, n: int, seed: int, batch_size: int = 32):
             videos, _, caps = toy_world.generate(min(batch_size, n - lo), seed=seed * 1_000_003 + lo)
             latents.append((vae.encode(videos).latent_dist.mean - mean) / std)
             captions += caps
-            if (lo // batch_size) % 16 == 15:
+            if (lo // batch_size) % 32 == 31:
                 log.info("encoded %d/%d clips  %.0fs", lo + batch_size, n, time.perf_counter() - start)
     return torch.cat(latents), captions
 
 
 def train(pipe, latents: torch.Tensor, captions: list[str], steps: int, batch_size: int = 64,
           lr: float = 2e-3, shift: float = 3.0, drop: float = 0.1, ema_decay: float = 0.995,
-          seed: int = 0, log_every: int = 100) -> dict:
+          seed: int = 0, log_every: int = 100, on_eval=None, eval_every: int = 0) -> dict:
     """Flow-matching training of ``pipe.transformer`` and ``pipe.text_encoder`` in place.
 
     Returns the EMA state dicts ``{"transformer": ..., "text_encoder": ...}`` (not yet loaded).
+    ``on_eval(step, ema)`` is called every ``eval_every`` steps (0 = never).
     """
     g = torch.Generator().manual_seed(seed)
     modules = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
@@ -146,13 +173,16 @@ def train(pipe, latents: torch.Tensor, captions: list[str], steps: int, batch_si
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if log_every and (step % log_every == 0 or step == steps - 1):
             log.info("step %d/%d  loss %.4f  %.0fs", step + 1, steps, running, time.perf_counter() - start)
+        if on_eval is not None and eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            on_eval(step + 1, ema)
     for m in modules.values():
         m.eval()
     return ema
 
 
-def build_untrained(seed: int, vae_dir: Path):
-    """A ``WanPipeline`` with the toy tokenizer, random text encoder/transformer and the trained VAE."""
+def build_untrained(seed: int, vae):
+    """A ``WanPipeline``: the toy tokenizer, random text encoder and transformer, and ``vae``
+    (an ``AutoencoderKLWan`` or the folder of one)."""
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -163,8 +193,9 @@ def build_untrained(seed: int, vae_dir: Path):
         torch.manual_seed(seed)
         text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TOY_CONFIG["text_encoder"]))
         transformer = WanTransformer3DModel(**TOY_CONFIG["transformer"])
-    vae = AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval()
-    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+    if not isinstance(vae, torch.nn.Module):
+        vae = AutoencoderKLWan.from_pretrained(str(vae), local_files_only=True)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae.eval(), transformer=transformer,
                        scheduler=make_scheduler(3.0))
 
 
@@ -196,6 +227,10 @@ def caption_following(model: str, n: int = 96, seed: int = 12345, guidance_scale
     }
 
 
+def _format_rates(report: dict) -> str:
+    return ", ".join(f"{a} {report['rates'][a]:.2f}" for a in toy_world.ATTRIBUTES) + f"; all {report['all']:.2f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output diffusers folder")
@@ -205,24 +240,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed for determinism)")
-    parser.add_argument("--train-vae", action="store_true", help="retrain the VAE (python -m trainer.toy.vae) instead of copying the shipped one")
+    parser.add_argument("--vae", type=Path, default=None, help="reuse this trained toy VAE folder instead of training one")
+    parser.add_argument("--vae-steps", type=int, default=300, help="fine-tuning steps of the toy VAE")
     parser.add_argument("--report-samples", type=int, default=96, help="held-out captions for the caption-following report")
+    parser.add_argument("--eval-every", type=int, default=0, help="log caption following every this many steps (0 = only at the end)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
 
-    vae_dir = TINY_VAE
-    if args.train_vae:
-        from .vae import train_tiny_vae
+    if args.vae is not None:
+        from diffusers import AutoencoderKLWan
 
-        vae_dir = args.out.parent / f".{args.out.name}.vae"
-        train_tiny_vae(seed=args.seed, threads=args.threads).save_pretrained(str(vae_dir), safe_serialization=True)
-    pipe = build_untrained(args.seed, vae_dir)
+        vae = AutoencoderKLWan.from_pretrained(str(args.vae), local_files_only=True)
+    else:
+        vae = train_toy_vae(seed=args.seed, steps=args.vae_steps, threads=args.threads)
+        torch.set_num_threads(args.threads)
+    log.info("VAE ready in %.0fs", time.perf_counter() - start)
+    pipe = build_untrained(args.seed, vae)
     latents, captions = encode_clips(pipe.vae, args.clips, args.seed)
     log.info("encoded %d clips %s in %.0fs", len(captions), tuple(latents.shape[1:]), time.perf_counter() - start)
-    ema = train(pipe, latents, captions, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+
+    def evaluate(step: int, ema: dict) -> None:
+        live = {k: {n: p.detach().clone() for n, p in m.state_dict().items()}
+                for k, m in (("transformer", pipe.transformer), ("text_encoder", pipe.text_encoder))}
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe.transformer.load_state_dict(ema["transformer"])
+            pipe.text_encoder.load_state_dict(ema["text_encoder"])
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            pipe.transformer.load_state_dict(live["transformer"])
+            pipe.text_encoder.load_state_dict(live["text_encoder"])
+            report = caption_following(tmp, n=48, steps=10)
+        pipe.transformer.train()
+        pipe.text_encoder.train()
+        log.info("step %d caption following: %s", step, _format_rates(report))
+
+    ema = train(pipe, latents, captions, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                on_eval=evaluate, eval_every=args.eval_every)
     pipe.transformer.load_state_dict(ema["transformer"])
     pipe.text_encoder.load_state_dict(ema["text_encoder"])
     train_seconds = time.perf_counter() - start
@@ -232,12 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     report = caption_following(str(tmp), n=args.report_samples)
     report.update(train_seconds=round(train_seconds), clips=args.clips, train_steps=args.steps, seed=args.seed,
-                  batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+                  batch_size=args.batch_size, lr=args.lr, threads=args.threads, vae_steps=args.vae_steps)
     (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.replace(args.out)
-    if args.train_vae:
-        shutil.rmtree(vae_dir, ignore_errors=True)
     log.info("caption following (chance): %s", ", ".join(
         f"{a} {report['rates'][a]:.2f} ({report['chance'][a]:.2f})" for a in toy_world.ATTRIBUTES))
     log.info("all seven right: %.2f; saved %s in %.0fs", report["all"], args.out, time.perf_counter() - start)

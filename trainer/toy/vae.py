@@ -155,7 +155,9 @@ def _identity_taps(conv, tap: tuple, n: int, scale: float = 1.0) -> None:
 def structured_init(vae, k: float = 10.0, gamma: float = 0.05, logvar: float = -6.0):
     """Set a ``TINY_CONFIG["vae"]``-shaped ``AutoencoderKLWan`` to an exact block-colour codec.
 
-    In place; returns ``vae``. Encoder: latent channels 0-2 = mean RGB of each 8x8 block over the
+    In place; returns ``vae``. Written for ``TINY_CONFIG["vae"]`` (three downsampling stages, 8x8
+    blocks) and equally exact for the toy model's two-stage VAE (``trainer.toy.model.TOY_VAE_CONFIG``,
+    4x4 blocks): every stage is set the same way. Encoder: latent channels 0-2 = mean RGB of each 8x8 block over the
     frames of its latent chunk (frame 0, frames 1-4, frames 5-8), channel 3 = their mean, posterior
     log-variance ``logvar`` everywhere. Decoder: every pixel of a block and chunk gets the block's
     RGB from channels 0-2 (channel 3 unused at first). Held-out MSE 0.0236 on 32 clips of
@@ -238,8 +240,11 @@ def train_tiny_vae(
     kl_weight: float = 1e-4,
     stats_videos: int = 64,
     threads: int = 2,
+    config: dict | None = None,
+    data=None,
 ):
-    """Build ``AutoencoderKLWan(**TINY_CONFIG["vae"])``, train it as a VAE, return it in eval mode.
+    """Build ``AutoencoderKLWan(**config)`` (default ``TINY_CONFIG["vae"]``), train it as a VAE on
+    clips from ``data(n, seed=...)`` (default ``synthetic_videos``), return it in eval mode.
 
     Start: ``torch.manual_seed(seed)`` weights, then ``structured_init`` (block-colour codec).
     Steps ``0 .. steps - full_steps - 1`` use ``batch_size`` random ``crop`` x ``crop`` windows of
@@ -266,6 +271,7 @@ def train_tiny_vae(
     """
     from diffusers import AutoencoderKLWan
 
+    data = data or synthetic_videos
     if not 0 <= full_steps <= steps:
         raise ValueError(f"full_steps must be within 0..steps, got {full_steps} of {steps}")
     old_threads = torch.get_num_threads()
@@ -275,10 +281,10 @@ def train_tiny_vae(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            vae = AutoencoderKLWan(**TINY_CONFIG["vae"])
+            vae = AutoencoderKLWan(**(config or TINY_CONFIG["vae"]))
         structured_init(vae)
         if log_every:
-            val = synthetic_videos(8, seed=-1000 - seed)
+            val = data(8, seed=-1000 - seed)
             mse = (reconstruct(vae.eval(), val) - val).square().mean().item()
             log.info("structured init: held-out MSE %.4f (8 clips)", mse)
         vae.train()
@@ -289,9 +295,9 @@ def train_tiny_vae(
             g = torch.Generator().manual_seed(batch_seed)
             full = step >= steps - full_steps
             if full:
-                x = synthetic_videos(full_batch_size, seed=batch_seed)
+                x = data(full_batch_size, seed=batch_seed)
             else:
-                x = _random_crops(synthetic_videos(batch_size, seed=batch_seed), crop, g)
+                x = _random_crops(data(batch_size, seed=batch_seed), crop, g)
             for group in opt.param_groups:
                 group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
             dist = vae.encode(x).latent_dist
@@ -307,7 +313,7 @@ def train_tiny_vae(
                     kl.item(), "full" if full else "crops", time.perf_counter() - start,
                 )
         vae.eval()
-        means = encoder_means(vae, synthetic_videos(stats_videos, seed=-1 - seed))
+        means = encoder_means(vae, data(stats_videos, seed=-1 - seed))
         per_channel = means.transpose(0, 1).reshape(means.shape[1], -1)
         latents_mean = [round(v, 6) for v in per_channel.mean(dim=1).tolist()]
         latents_std = [round(v, 6) for v in per_channel.std(dim=1).tolist()]

@@ -3,34 +3,41 @@
 One object moves in a straight line over a plain background. A caption states seven attributes,
 each drawn uniformly from a small vocabulary (chance level = 1 / number of choices)::
 
-    "a small red circle on the left moves up slowly on a black background"
-       size  colour shape position  direction speed          background
+    "a small red circle on the left moves upward slowly on a black background"
+       size  colour shape position  direction  speed          background
 
 =============  ==========================================  ==================================
 attribute      choices                                     how it is drawn (fractions of W/H)
 =============  ==========================================  ==================================
 colour         red green blue yellow purple cyan           saturated RGB, +-0.1 jitter
 shape          square circle                               hard-edged
-size           small large                                 half-size 0.10 / 0.22 of the side
+size           small large                                 half-size 0.12 / 0.22 of the side
 position       left center right                           mean x over the clip 0.25/0.5/0.75
-direction      left right up down                          constant velocity
-speed          slow fast                                   0.015 / 0.045 of the side per frame
+direction      left right up down ("moves leftward", ...)  constant velocity
+speed          slow fast                                   0.024 / 0.06 of the side per frame
 background     black gray white                            uniform colour
 =============  ==========================================  ==================================
 
-Jitter: mean x +-0.04, mean y 0.5 +-0.08, size and speed +-10 %. ``generate`` is deterministic
-for a seed (a private ``torch.Generator``) and returns videos in the VAE layout
-``[n, 3, frames, H, W]`` in -1..1, the attributes and the captions.
+Jitter: mean x +-0.04, mean y 0.5 +-0.08, size and speed +-10 %. A fast object travels 0.48 of
+the frame over 9 frames, so it may leave the frame in part. Position and direction use different
+words ("on the left" / "moves leftward"): with the same word for both, a small text encoder has
+to learn to tell them apart by context, and the toy model learned neither (measured).
+``generate`` is deterministic for a seed (a private ``torch.Generator``) and returns videos in the
+VAE layout ``[n, 3, frames, H, W]`` in -1..1, the attributes and the captions.
 
 ``measure`` is the inverse: from pixels only (float ``[N, T, H, W, 3]`` in 0..1, the reward
-layout) it estimates the background colour (median of the border), the object (pixels far from
-the background), its colour, area, fill of its bounding box, mean position and velocity. From
-these ``attribute_probs`` gives, per attribute, a soft classification over the choices
-(a softmax of squared distances to each choice's prototype feature); its argmax is the
-attribute's exact reading and the probability of the asked choice is the per-attribute reward
-(``trainer.rewards.toy_world``). On clips from ``generate`` the argmax reads every attribute
-correctly (tested); on VAE-decoded clips small objects blur, so shape is the hardest to read.
-``parse_caption`` reads the asked attributes back from a caption (any subset may be stated).
+layout) it estimates the background colour (median of the border), the object's colour, and from
+each pixel's *coverage* (how far its colour lies from the background towards the object's) the
+area, the fill of the object's extent (1 square, pi/4 disc), its mean position and its velocity
+(the edges' least-squares slope over frames). Coverage sums survive blur and the VAE's averaging,
+so the readings hold on decoded videos too. From these ``attribute_probs`` gives, per attribute, a
+soft classification over the choices (a softmax of squared distances to each choice's prototype
+feature); its argmax is the attribute's exact reading and the probability of the asked choice is
+the per-attribute reward (``trainer.rewards.toy_world``). On clips from ``generate`` the argmax
+reads every attribute correctly; through the toy model's VAE at least 90 % (tested).
+``parse_caption`` reads the asked attributes back from a caption (any subset may be stated);
+``objects_kept`` checks that a video still shows an object of the asked colour on the asked
+background (the guard against reward hacking that the demo uses).
 """
 
 from __future__ import annotations
@@ -49,12 +56,12 @@ COLOURS = {
 BACKGROUNDS = {"black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0)}
 """Background colours, RGB in 0..1."""
 SHAPES = ("square", "circle")
-SIZES = {"small": 0.10, "large": 0.22}
+SIZES = {"small": 0.12, "large": 0.22}
 """Half-size (square) or radius (circle) as a fraction of the shorter side."""
 POSITIONS = {"left": 0.25, "center": 0.5, "right": 0.75}
 """Mean x of the object's centre over the clip, as a fraction of the width."""
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
-SPEEDS = {"slow": 0.015, "fast": 0.045}
+SPEEDS = {"slow": 0.024, "fast": 0.06}
 """Distance per frame as a fraction of the shorter side."""
 
 ATTRIBUTES = ("colour", "shape", "size", "position", "direction", "speed", "background")
@@ -66,12 +73,18 @@ CHOICES = {
 
 _POSITION_PHRASE = {"left": "on the left", "center": "in the center", "right": "on the right"}
 _SPEED_WORD = {"slow": "slowly", "fast": "fast"}
+_DIRECTION_WORD = {"left": "leftward", "right": "rightward", "up": "upward", "down": "downward"}
+"""Direction words differ from the position words ("on the left" / "moves leftward"), so a text
+encoder need not tell the two uses of "left" apart by context."""
+CAPTION_WORDS = ("a", "on", "in", "the", "moves", "background", *_POSITION_PHRASE, *_DIRECTION_WORD.values(),
+                 *_SPEED_WORD.values(), *COLOURS, *SHAPES, *SIZES, *BACKGROUNDS)
+"""Every word a caption uses."""
 
 
 def caption(attrs: dict[str, str]) -> str:
     """The caption of one clip's attributes (all seven must be given)."""
     return (f"a {attrs['size']} {attrs['colour']} {attrs['shape']} {_POSITION_PHRASE[attrs['position']]} "
-            f"moves {attrs['direction']} {_SPEED_WORD[attrs['speed']]} on a {attrs['background']} background")
+            f"moves {_DIRECTION_WORD[attrs['direction']]} {_SPEED_WORD[attrs['speed']]} on a {attrs['background']} background")
 
 
 _PATTERNS = {
@@ -79,7 +92,7 @@ _PATTERNS = {
     "shape": r"\b(square|circle)\b",
     "size": r"\b(small|large)\b",
     "position": r"\b(?:on|in) the (left|center|right)\b",
-    "direction": r"\bmov\w* (left|right|up|down)\b",
+    "direction": r"\bmov\w* (left|right|up|down)(?:wards?)?\b",
     "speed": r"\b(slow|fast)(?:ly)?\b",
     "background": r"\b(black|gray|white) background\b",
 }
@@ -168,44 +181,82 @@ class Measurement:
     found: torch.Tensor  # [N] bool
 
 
+def _edge_slope(edges: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Least-squares slope over frames of edge positions ``[N, E, T]`` (E edges fitted with one
+    common slope and their own intercepts), using only ``valid`` entries; 0 where under-determined."""
+    t = torch.arange(edges.shape[-1], dtype=torch.float32).expand_as(edges)
+    w = valid.float()
+    count = w.sum(dim=-1, keepdim=True).clamp_min(1)
+    dt = (t - (t * w).sum(dim=-1, keepdim=True) / count) * w
+    de = (edges - (edges * w).sum(dim=-1, keepdim=True) / count) * w
+    var = (dt * dt).sum(dim=(1, 2))
+    return torch.where(var > 0.5, (dt * de).sum(dim=(1, 2)) / var.clamp_min(1e-6), torch.zeros_like(var))
+
+
 def measure(videos: torch.Tensor) -> Measurement:
-    """Read the toy-world features of float videos ``[N, T, H, W, 3]`` in 0..1."""
+    """Read the toy-world features of float videos ``[N, T, H, W, 3]`` in 0..1.
+
+    * background: the median colour of the frame border;
+    * colour: the mean of the object's core, the pixels at least 70 % as far from the background
+      as the farthest one;
+    * coverage ``c`` of every pixel: its colour projected on the segment background -> object
+      colour, clamped to 0..1 (1 inside the object, the covered fraction on a blurred or blocky
+      edge). Blur and the VAE's averaging keep sums of ``c``, so the measures below are built from
+      them: area = ``sum c`` per frame; fill = area / (width x height) with width = the sum over
+      columns of each column's largest ``c`` (1 for a square, pi/4 for a disc, blurred or not),
+      over the frames where the object does not touch the border;
+    * x: the coverage-weighted mean x over the frames;
+    * velocity: one least-squares slope over frames for the object's edges (the columns / rows
+      where ``c`` crosses 1/2), leaving out edges on the frame border, so an object partly out of
+      the frame is measured by the edge still inside.
+    """
     v = videos.float()
     n, frames, height, width, _ = v.shape
     side = min(height, width)
     border = torch.cat([v[:, :, 0], v[:, :, -1], v[:, :, :, 0], v[:, :, :, -1]], dim=2)  # [N, T, 2H+2W, 3]
     background = border.reshape(n, -1, 3).median(dim=1).values
-    dist = (v - background.view(n, 1, 1, 1, 3)).norm(dim=-1)  # [N, T, H, W]
-    mask = (dist > OBJECT_THRESHOLD).float()
-    per_frame = mask.sum(dim=(2, 3))  # [N, T]
-    present = per_frame > 0
-    found = present.sum(dim=1) >= 2
-
-    # Colour: the pixels at least 70 % as far from the background as the farthest one (the core).
+    diff = v - background.view(n, 1, 1, 1, 3)
+    dist = diff.norm(dim=-1)  # [N, T, H, W]
     peak = dist.flatten(1).max(dim=1).values.view(n, 1, 1, 1)
-    core = ((dist >= 0.7 * peak) & (mask > 0)).float()
+    core = ((dist >= 0.7 * peak) & (dist > OBJECT_THRESHOLD)).float()
     colour = (v * core.unsqueeze(-1)).sum(dim=(1, 2, 3)) / core.sum(dim=(1, 2, 3)).clamp_min(1).unsqueeze(-1)
-
-    area = per_frame.mean(dim=1) / (height * width)
-    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width
-    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height
-    denom = per_frame.clamp_min(1)
-    cx = (mask.sum(dim=2) * xs).sum(dim=-1) / denom  # [N, T]
-    cy = (mask.sum(dim=3) * ys).sum(dim=-1) / denom
-    cols, rows = mask.amax(dim=2), mask.amax(dim=3)  # [N, T, W], [N, T, H]
-    bbox = cols.sum(dim=-1) * rows.sum(dim=-1)
-    fill_frame = per_frame / bbox.clamp_min(1)
+    axis = colour - background  # [N, 3]
+    reach = axis.square().sum(dim=-1).clamp_min(1e-6)
+    cover = ((diff * axis.view(n, 1, 1, 1, 3)).sum(dim=-1) / reach.view(n, 1, 1, 1)).clamp(0, 1)
+    cover = cover * (dist > OBJECT_THRESHOLD).float()  # [N, T, H, W]
+    mask = cover >= 0.5
+    present = mask.flatten(2).any(dim=2)  # [N, T]
+    found = (present.sum(dim=1) >= 2) & (peak.flatten() > OBJECT_THRESHOLD)
     w = present.float()
-    x = (cx * w).sum(dim=1) / w.sum(dim=1).clamp_min(1)
-    fill = (fill_frame * w).sum(dim=1) / w.sum(dim=1).clamp_min(1)
+    frames_present = w.sum(dim=1).clamp_min(1)
 
-    # Velocity: least-squares slope of the centre over the frames where the object shows.
-    t = torch.arange(frames, dtype=torch.float32).expand(n, frames)
-    t_mean = (t * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1)
-    dt = (t - t_mean) * w
-    var = (dt * dt).sum(dim=1).clamp_min(1e-6)
-    vx = (dt * cx).sum(dim=1) / var * width / side
-    vy = (dt * cy).sum(dim=1) / var * height / side
+    per_frame = cover.sum(dim=(2, 3))  # [N, T]
+    area = (per_frame * w).sum(dim=1) / frames_present / (height * width)
+    col_profile, row_profile = cover.amax(dim=2), cover.amax(dim=3)  # [N, T, W], [N, T, H]
+    extent = col_profile.sum(dim=-1) * row_profile.sum(dim=-1)
+    fill_frame = per_frame / extent.clamp_min(1e-6)
+    touches = (mask[:, :, 0].any(-1) | mask[:, :, -1].any(-1) | mask[:, :, :, 0].any(-1) | mask[:, :, :, -1].any(-1))
+    inner = w * (~touches).float()
+    use = torch.where(inner.sum(dim=1, keepdim=True) > 0, inner, w)
+    fill = (fill_frame * use).sum(dim=1) / use.sum(dim=1).clamp_min(1)
+
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width
+    cx = (cover.sum(dim=2) * xs).sum(dim=-1) / per_frame.clamp_min(1e-6)  # [N, T]
+    x = (cx * w).sum(dim=1) / frames_present
+
+    def edges(profile: torch.Tensor, length: int):
+        """First and last index where the profile reaches 1/2, and whether each is off the border."""
+        on = profile >= 0.5
+        idx = torch.arange(length, dtype=torch.float32)
+        lo = torch.where(on, idx, torch.full_like(idx, float(length))).amin(dim=-1)
+        hi = torch.where(on, idx, torch.full_like(idx, -1.0)).amax(dim=-1)
+        any_on = on.any(dim=-1)
+        return torch.stack([lo, hi], dim=1), torch.stack([any_on & (lo > 0), any_on & (hi < length - 1)], dim=1)
+
+    ex, vx_ok = edges(col_profile, width)
+    ey, vy_ok = edges(row_profile, height)
+    vx = _edge_slope(ex, vx_ok) / side
+    vy = _edge_slope(ey, vy_ok) / side
     return Measurement(background, colour, area, fill, x, torch.stack([vx, vy], dim=1), found)
 
 
@@ -259,9 +310,11 @@ def attribute_probs(m: Measurement) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_attributes(videos: torch.Tensor) -> list[dict[str, str | None]]:
-    """The attributes each video shows (argmax readings); object attributes are None without an object."""
-    m = measure(videos)
+def read_attributes(videos: torch.Tensor, m: Measurement | None = None) -> list[dict[str, str | None]]:
+    """The attributes each video shows (argmax readings); object attributes are None without an object.
+
+    ``m``: the videos' ``measure`` when already computed."""
+    m = measure(videos) if m is None else m
     probs = attribute_probs(m)
     out = []
     for i in range(videos.shape[0]):
@@ -270,6 +323,29 @@ def read_attributes(videos: torch.Tensor) -> list[dict[str, str | None]]:
             shown = attr == "background" or bool(m.found[i])
             row[attr] = CHOICES[attr][int(probs[attr][i].argmax())] if shown else None
         out.append(row)
+    return out
+
+
+MAX_OBJECT_AREA = 0.3
+"""The largest object the world draws (a large square) covers 0.19 of the frame; a reading above
+this is a frame flooded with the object's colour, not an object."""
+
+
+def objects_kept(videos: torch.Tensor, prompts: list[str], m: Measurement | None = None) -> list[bool]:
+    """Per video: does it still show one object of the caption's colour on the caption's background?
+
+    The guard against reward hacking and drift that the demo and its tests use: an aligned model
+    may move or reshape its objects, but must not lose them, recolour them, flood the frame with
+    them or change the background. Attributes a caption does not state are not checked.
+    """
+    m = measure(videos) if m is None else m
+    read = read_attributes(videos, m)
+    out = []
+    for i, (r, prompt) in enumerate(zip(read, prompts)):
+        asked = parse_caption(prompt)
+        ok = bool(m.found[i]) and float(m.area[i]) <= MAX_OBJECT_AREA
+        ok = ok and all(r[a] == asked[a] for a in ("colour", "background") if a in asked)
+        out.append(ok)
     return out
 
 
