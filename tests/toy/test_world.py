@@ -148,3 +148,12 @@ def test_objects_kept_flags_lost_recoloured_and_flooded_objects():
     other = [c.replace(attrs[2]["colour"], "green" if attrs[2]["colour"] != "green" else "red") for c in captions]
     kept = W.objects_kept(torch.cat([flooded[:1], blank[1:2], clips[2:]]), [captions[0], captions[1], other[2], captions[3]])
     assert kept == [False, False, False, True]
+
+
+def test_captions_can_fix_attributes():
+    circles = W.captions(12, seed=3, shape="circle", size="large")
+    assert all(W.parse_caption(c)["shape"] == "circle" and W.parse_caption(c)["size"] == "large" for c in circles)
+    assert len({W.parse_caption(c)["colour"] for c in circles}) > 1  # the rest stays random
+    assert W.captions(12, seed=3) != circles and W.captions(12, seed=3, shape="circle", size="large") == circles
+    with pytest.raises(ValueError, match="oval"):
+        W.captions(2, shape="oval")

@@ -147,9 +147,14 @@ def render(attrs: list[dict[str, str]], frames: int = 9, height: int = 64, width
     return torch.where(mask.unsqueeze(1), colour.view(n, 3, 1, 1, 1), video).contiguous()
 
 
-def captions(n: int, seed: int = 0) -> list[str]:
-    """``n`` random captions (the prompt sets of the toy presets and benchmark)."""
-    return [caption(a) for a in random_attributes(n, torch.Generator().manual_seed(int(seed)))]
+def captions(n: int, seed: int = 0, **fixed: str) -> list[str]:
+    """``n`` random captions (the prompt sets of the toy presets, the demo and the benchmark).
+
+    ``fixed``: attributes every caption asks for, e.g. ``captions(16, shape="circle")``."""
+    for attr, choice in fixed.items():
+        if choice not in CHOICES.get(attr, ()):
+            raise ValueError(f"{attr}={choice!r}: not a toy-world choice ({CHOICES.get(attr)})")
+    return [caption({**a, **fixed}) for a in random_attributes(n, torch.Generator().manual_seed(int(seed)))]
 
 
 def generate(n: int, seed: int = 0, frames: int = 9, height: int = 64, width: int = 64):
