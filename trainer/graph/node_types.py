@@ -27,7 +27,14 @@ from pathlib import Path
 
 from .. import settings
 from ..engine.config import PRESETS, STRATEGIES, FlashGRPOConfig
-from ..engine.models import COMFY_MODEL_SUFFIX, CONFIGS_DIR, TINY_MODEL, resolve_model, write_comfy_manifest
+from ..engine.models import (
+    COMFY_MODEL_SUFFIX,
+    CONFIGS_DIR,
+    TINY_MODEL,
+    TOY_MODEL,
+    resolve_model,
+    write_comfy_manifest,
+)
 from ..errors import UserError
 from ..rewards import available_rewards, build_reward_set
 from ..service.runner import RunCancelled
@@ -96,7 +103,8 @@ class FlashGRPOModelSource:
                 "'tiny' for the built-in test model, 'toy' for the shipped pretrained toy model "
                 "(it follows captions like 'a small red circle on the left moves up slowly on a "
                 "black background'), or the path of a local diffusers Wan2.1 T2V "
-                "folder (e.g. Wan2.1-T2V-1.3B-Diffusers). Headless, --model or FLASH_GRPO_MODEL override it."}),
+                "folder (e.g. Wan2.1-T2V-1.3B-Diffusers; a relative path is relative to ComfyUI's working "
+                "folder, and sent to the backend as an absolute one). Headless, --model or FLASH_GRPO_MODEL override it."}),
             **_hardware_inputs(),
         }}
 
@@ -109,6 +117,8 @@ class FlashGRPOModelSource:
     def select(self, model, device, dtype, gpus):
         model = model.strip()
         _check_model(model)
+        if model not in (TINY_MODEL, TOY_MODEL):  # the backend runs in another working directory
+            model = str(Path(os.path.expanduser(model)).resolve())
         return ({"model": model, "device": device, "dtype": dtype, "gpus": int(gpus)},)
 
 
