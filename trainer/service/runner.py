@@ -18,6 +18,7 @@ where it runs.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -120,6 +121,21 @@ class LocalRunner:
 
     def drop_warm_pipeline(self) -> None:
         self._pipelines.clear()
+
+    def release(self, policy: str) -> None:
+        """After a job: ``keep`` the warm model where it is, or (``offload``, ``shutdown``) move it to
+        the CPU and return the CUDA allocator's cached blocks, so another process (ComfyUI) can use
+        the GPU. The next job moves the model back (the recipe places it on its device)."""
+        if policy == "keep":
+            return
+        for pipe in self._pipelines.values():
+            for name in ("transformer", "vae", "text_encoder"):
+                module = getattr(pipe, name, None)
+                if module is not None:
+                    module.to("cpu")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def train(self, cfg, resume=False, should_stop=lambda: False, on_event=lambda e: None) -> RunResult:
         run_dir = Path(cfg.output_dir) / cfg.run_name if cfg.run_name else None
