@@ -460,8 +460,10 @@ class FlashGRPOTrainer:
 
     DESCRIPTION = ("Trains a LoRA with Flash-GRPO (or a baseline strategy) toward the reward. Writes a run "
                    "directory with checkpoints, events, sample videos, a reward curve and the LoRA; in ComfyUI "
-                   "the LoRA appears in the LoRA loaders' lists (flash_grpo/<run>.safetensors). Cancel keeps "
-                   "the checkpoint: queue again with resume on and the same run_name to continue.")
+                   "the LoRA appears in the LoRA loaders' lists (flash_grpo/<run>.safetensors) and the lora_name "
+                   "output links to their lora_name; the before/after sheet and the reward curve are IMAGE "
+                   "outputs. Queueing a finished run again with the same settings returns it without training. "
+                   "Cancel keeps the checkpoint: queue again with resume on and the same run_name to continue.")
 
     @classmethod
     def INPUT_TYPES(cls):
