@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
     for nid, node in prompt.items():
         if node["class_type"] == TRAINER_NODE and nid in results:
-            lora, run_dir, metrics = results[nid]
+            lora, run_dir, metrics = results[nid][:3]  # then the sheet and curve images
             print(f"run directory: {run_dir}\nLoRA: {lora}")
             m = json.loads(metrics)
             if "reward_first" in m:
