@@ -280,3 +280,15 @@ def test_offload_gives_the_gpu_memory_back_and_the_next_job_still_runs(tmp_path)
     again = runner.sample(cfg, ["a red ball"])  # moved back by the next job, not reloaded
     assert runner.model_loads == 1 and again.videos.shape == (4, 9, 64, 64, 3)
     runner.close()
+
+
+def test_a_sample_job_can_be_abandoned_and_the_backend_takes_the_next_job(backend, tmp_path):
+    """ComfyUI's Cancel during a sample (or score) job: the client stops waiting at once; the
+    backend finishes that job, then serves the next."""
+    from trainer.service.runner import BackendRunner, JobAbandoned
+
+    runner = BackendRunner(1, client=backend)  # not closed: the module's backend stays up
+    cfg = tiny(tmp_path)
+    with pytest.raises(JobAbandoned, match="stopped waiting"):
+        runner.sample(cfg, ["a red ball"], should_stop=lambda: True)
+    assert runner.sample(cfg, ["a red ball"]).videos.shape == (4, 9, 64, 64, 3)

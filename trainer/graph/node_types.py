@@ -38,7 +38,7 @@ from ..engine.models import (
 )
 from ..errors import UserError
 from ..rewards import available_rewards, check_reward_set
-from ..service.runner import RunCancelled, RunResult
+from ..service.runner import JobAbandoned, RunCancelled, RunResult
 from . import host
 
 CATEGORY = "Flash-GRPO"
@@ -335,7 +335,12 @@ class FlashGRPOGroupSampler:
                   "group_size": int(group_size), "seed": int(seed), "rewards": [{"name": "brightness", "weight": 1.0}]}
         values.update(_json_object(config_overrides, "config_overrides"))
         cfg = FlashGRPOConfig.from_dict(values, preset=preset)
-        out = _runner(model["gpus"]).sample(cfg, chosen, iteration=int(iteration))
+        h = host.current()
+        try:
+            out = _runner(model["gpus"]).sample(cfg, chosen, iteration=int(iteration), should_stop=h.interrupted)
+        except JobAbandoned as exc:
+            h.cancelled(exc)
+            raise
         videos = [v.float().cpu().contiguous() for v in out.videos]  # each [T, H, W, 3] in 0..1
         per_video = [p for p in chosen for _ in range(int(group_size))]
         steps = [int(k) for k in out.steps] if out.steps is not None else None
@@ -430,8 +435,13 @@ class FlashGRPORewardScorer:
             prompts = prompts * len(items)
         if prompts and len(prompts) != len(items):
             raise UserError(f"{len(prompts)} prompts for {len(items)} videos: give one prompt per video (or one for all).")
-        out = _runner().score(reward, items, prompts or [""] * len(items), g, std_mode,
-                                            clip if clip > 0 else float("inf"))
+        h = host.current()
+        try:
+            out = _runner().score(reward, items, prompts or [""] * len(items), g, std_mode,
+                                  clip if clip > 0 else float("inf"), should_stop=h.interrupted)
+        except JobAbandoned as exc:
+            h.cancelled(exc)
+            raise
         scores = [float(x) for x in out.scores]
         adv = [float(x) for x in out.advantages]
         signal = [bool(x) for x in out.has_signal]
