@@ -1,6 +1,9 @@
-"""The pack inside a real ComfyUI (CPU): import, /object_info, the demo workflow from /prompt, the
-published LoRA in LoraLoaderModelOnly's list, and an aligned LoRA applied to a ComfyUI-format Wan
-model with every key loaded (weights checked after ComfyUI's ModelSave).
+"""The pack inside a real ComfyUI (CPU): import, /object_info, the templates of example_workflows/,
+the demo workflow from /prompt (its preview images in /history), the published LoRA in
+LoraLoaderModelOnly's list, a re-queue that does not train again with the Trainer's lora_name linked
+into LoraLoaderModelOnly, the Group Sampler and a model-reward Reward Scorer (the only output node)
+running in the backend, and an aligned LoRA applied to a ComfyUI-format Wan model with every key
+loaded (weights checked after ComfyUI's ModelSave).
 
 Needs a ComfyUI checkout: ``COMFYUI_DIR=/path/to/ComfyUI`` and, if ComfyUI has its own venv,
 ``COMFYUI_PYTHON=/path/to/venv/bin/python`` (default: this interpreter). The server runs with
