@@ -1,13 +1,15 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - aligns the shipped toy Wan model with Flash-GRPO on CPU (workflows/demo.json)
 #   make test   - lints (ruff) and runs the test suite
-# Both create .venv and install what they need. On a machine without an NVIDIA GPU the CPU build
-# of torch is installed first; on a CUDA machine pip's default (CUDA) torch is used.
+# Both create .venv and install what they need. torch is not in requirements.txt (ComfyUI brings its
+# own), so it is installed first: the CPU build ($(TORCH_CPU)) on a machine without an NVIDIA GPU,
+# pip's default (CUDA) build ($(TORCH_CUDA)) on a CUDA machine; an importable torch is kept.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
+TORCH_CUDA ?= torch>=2.4
 
 .PHONY: setup demo test bench bench-alignment clean
 
@@ -16,7 +18,12 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import torch" 2>/dev/null; then \
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		true; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "NVIDIA GPU: installing torch ($(TORCH_CUDA))"; \
+		$(PY) -m pip install -q "$(TORCH_CUDA)"; \
+	else \
 		echo "no NVIDIA GPU: installing the CPU build of torch ($(TORCH_CPU))"; \
 		$(PY) -m pip install -q "$(TORCH_CPU)"; \
 	fi

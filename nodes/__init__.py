@@ -28,6 +28,8 @@ PROMPT_FILE_SUFFIXES = (".txt", ".csv", ".prompts")
 class ComfyHost(host.Host):
     """ComfyUI's progress bar, interrupt, folders, LoRA list and MODEL patching."""
 
+    reuse_finished_runs = True  # a re-queued, unchanged finished training is not trained again
+
     def __init__(self, folder_paths, comfy_utils, model_management, server=None):
         self.folder_paths = folder_paths
         self.utils = comfy_utils
@@ -51,6 +53,12 @@ class ComfyHost(host.Host):
                 self.server.send_sync(PROGRESS_EVENT, {**run, "event": event})
             except Exception:  # a closed socket must never stop training
                 log.debug("flash_grpo: could not send progress", exc_info=True)
+
+    def release_memory(self):
+        """Before a backend job: unload ComfyUI's models and return its cached CUDA blocks, so the
+        backend has the GPU (ComfyUI reloads its models when it next needs them)."""
+        self.mm.unload_all_models()
+        self.mm.soft_empty_cache()
 
     def interrupted(self) -> bool:
         return bool(self.mm.processing_interrupted())

@@ -1,4 +1,4 @@
-"""Run a workflow headlessly: ``python -m trainer.run workflows/align.json``.
+"""Run a workflow headlessly: ``python -m trainer.run example_workflows/align.json``.
 
 The workflow may be in ComfyUI's UI format (Save) or API format (Export (API)); it is made of
 this pack's node types (``trainer.graph.node_types``), executed exactly as ComfyUI would.
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
     for nid, node in prompt.items():
         if node["class_type"] == TRAINER_NODE and nid in results:
-            lora, run_dir, metrics = results[nid]
+            lora, run_dir, metrics = results[nid][:3]  # then the sheet and curve images
             print(f"run directory: {run_dir}\nLoRA: {lora}")
             m = json.loads(metrics)
             if "reward_first" in m:

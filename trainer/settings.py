@@ -10,6 +10,11 @@ User settings:
 ``FLASH_GRPO_BACKEND_URL``, ``FLASH_GRPO_BACKEND_TOKEN``
     A backend started by hand (e.g. with torchrun on several machines): used as is, never started
     or stopped by a client.
+``FLASH_GRPO_BACKEND_AFTER_JOB``
+    What a backend started on demand does with its model after each job: ``offload`` (default:
+    the model moves to the CPU and the CUDA cache is emptied, so ComfyUI can use the GPU next),
+    ``keep`` (stays on the GPU, fastest next job), ``shutdown`` (the backend exits once idle for
+    a few seconds). ``python -m trainer.backend --after-job`` sets it for a backend started by hand.
 ``FLASH_GRPO_REWARD_TOKEN``
     Bearer token of a reward server (``python -m trainer.rewards.serve``) and its ``remote`` clients.
 
@@ -34,6 +39,8 @@ STATE_DIR_ENV = "FLASH_GRPO_STATE_DIR"
 BACKEND_URL_ENV = "FLASH_GRPO_BACKEND_URL"
 BACKEND_TOKEN_ENV = "FLASH_GRPO_BACKEND_TOKEN"
 REWARD_TOKEN_ENV = "FLASH_GRPO_REWARD_TOKEN"
+AFTER_JOB_ENV = "FLASH_GRPO_BACKEND_AFTER_JOB"
+AFTER_JOB_POLICIES = ("offload", "keep", "shutdown")
 DIST_BACKEND_ENV = "FLASH_GRPO_DIST_BACKEND"
 NO_GRAD_SYNC_ENV = "FLASH_GRPO_TEST_DISABLE_GRAD_SYNC"
 
@@ -53,6 +60,14 @@ def backend_address() -> tuple[str, str] | None:
     """``(url, token)`` of a backend the user started by hand, or None. The token may be empty."""
     url = os.environ.get(BACKEND_URL_ENV)
     return (url, os.environ.get(BACKEND_TOKEN_ENV, "")) if url else None
+
+
+def after_job_policy() -> str:
+    """``FLASH_GRPO_BACKEND_AFTER_JOB`` (``offload`` when unset; an unknown value is refused)."""
+    value = os.environ.get(AFTER_JOB_ENV) or AFTER_JOB_POLICIES[0]
+    if value not in AFTER_JOB_POLICIES:
+        raise ValueError(f"{AFTER_JOB_ENV}={value!r}: use one of {', '.join(AFTER_JOB_POLICIES)}")
+    return value
 
 
 def reward_token() -> str | None:

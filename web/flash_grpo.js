@@ -1,5 +1,6 @@
 // Flash-GRPO front-end extension: a live chart on the trainer node (reward mean +- std, loss per
-// iteration, run status) and a score table on the reward scorer.
+// iteration, run status), and the text a node returns in ui.text (scores table, run result, LoRA
+// metadata, step k of each group) drawn on the scorer, trainer, LoRA loader and group sampler.
 // Fed by "flash_grpo.progress" messages from the server; after a page reload the history comes from
 // GET /flash_grpo/runs/{run}/events (the run name is kept in the node's properties).
 import { app } from "../../scripts/app.js";
@@ -7,6 +8,13 @@ import { api } from "../../scripts/api.js";
 
 const TRAINER = "FlashGRPOTrainer";
 const SCORER = "FlashGRPORewardScorer";
+// Nodes whose ui.text the stock front end would not draw, with the text shown before a run.
+const TEXT_NODES = {
+  [SCORER]: "scores appear here after a run",
+  [TRAINER]: "",
+  FlashGRPOLoraLoader: "how the LoRA was trained appears here",
+  FlashGRPOGroupSampler: "the step k of each group appears here",
+};
 const RUN_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const CHART_HEIGHT = 190;
 
@@ -169,15 +177,15 @@ function setupTrainer(node) {
   requestAnimationFrame(() => draw(node));
 }
 
-function setupScorer(node) {
+function setupText(node, placeholder) {
   const pre = document.createElement("pre");
-  pre.style.cssText = "margin:0;font:11px monospace;color:#ddd;background:#1b1b1b;overflow:auto;max-height:160px;";
-  pre.textContent = "scores appear here after a run";
+  pre.style.cssText = "margin:0;font:11px monospace;color:#ddd;background:#1b1b1b;overflow:auto;max-height:160px;white-space:pre-wrap;";
+  pre.textContent = placeholder;
   node.__flashGrpoTable = pre;
   node.addDOMWidget("flash_grpo_table", "flash_grpo_table", pre, {
     serialize: false,
     hideOnZoom: false,
-    getMinHeight: () => 80,
+    getMinHeight: () => (placeholder ? 80 : 40),
   });
 }
 
@@ -238,11 +246,11 @@ app.registerExtension({
         return r;
       };
     }
-    if (nodeData.name === SCORER) {
+    if (nodeData.name in TEXT_NODES) {
       const created = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function () {
         const r = created?.apply(this, arguments);
-        setupScorer(this);
+        setupText(this, TEXT_NODES[nodeData.name]);
         return r;
       };
       const executed = nodeType.prototype.onExecuted;

@@ -124,16 +124,16 @@ def test_demo_lora_loads_in_diffusers_and_changes_the_output(demo_run):
 
 
 def test_align_without_weights_names_the_missing_folder():
-    proc = run_cli("trainer.run", "workflows/align.json", env={"FLASH_GRPO_MODEL": ""})
+    proc = run_cli("trainer.run", "example_workflows/align.json", env={"FLASH_GRPO_MODEL": ""})
     assert proc.returncode == 2
     assert "models/Wan2.1-T2V-1.3B-Diffusers" in proc.stderr
     assert "Traceback" not in proc.stderr and "--model" in proc.stderr
 
 
 def test_model_flag_and_env_override_the_workflow_path(tmp_path):
-    proc = run_cli("trainer.run", "workflows/align.json", "--model", str(tmp_path / "mine"))
+    proc = run_cli("trainer.run", "example_workflows/align.json", "--model", str(tmp_path / "mine"))
     assert proc.returncode == 2 and str(tmp_path / "mine") in proc.stderr
-    proc = run_cli("trainer.run", "workflows/align.json", env={"FLASH_GRPO_MODEL": str(tmp_path / "env")})
+    proc = run_cli("trainer.run", "example_workflows/align.json", env={"FLASH_GRPO_MODEL": str(tmp_path / "env")})
     assert proc.returncode == 2 and str(tmp_path / "env") in proc.stderr
 
 

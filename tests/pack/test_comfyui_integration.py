@@ -1,6 +1,9 @@
-"""The pack inside a real ComfyUI (CPU): import, /object_info, the demo workflow from /prompt, the
-published LoRA in LoraLoaderModelOnly's list, and an aligned LoRA applied to a ComfyUI-format Wan
-model with every key loaded (weights checked after ComfyUI's ModelSave).
+"""The pack inside a real ComfyUI (CPU): import, /object_info, the templates of example_workflows/,
+the demo workflow from /prompt (its preview images in /history), the published LoRA in
+LoraLoaderModelOnly's list, a re-queue that does not train again with the Trainer's lora_name linked
+into LoraLoaderModelOnly, the Group Sampler and a model-reward Reward Scorer (the only output node)
+running in the backend, and an aligned LoRA applied to a ComfyUI-format Wan model with every key
+loaded (weights checked after ComfyUI's ModelSave).
 
 Needs a ComfyUI checkout: ``COMFYUI_DIR=/path/to/ComfyUI`` and, if ComfyUI has its own venv,
 ``COMFYUI_PYTHON=/path/to/venv/bin/python`` (default: this interpreter). The server runs with
@@ -127,13 +130,32 @@ def test_pack_imports_and_every_node_is_listed(comfy):
     assert "Cannot import" not in "\n".join(ln for ln in log.splitlines() if "flash_grpo" in ln)
     assert "/extensions/flash_grpo/flash_grpo.js" in comfy.get("/extensions")
     assert set(comfy.get("/api/workflow_templates")["flash_grpo"]) >= {"demo", "align", "generate_with_lora"}
+    for name in ("align", "generate_with_lora"):  # served from example_workflows/, thumbnail too
+        assert comfy.get(f"/api/workflow_templates/flash_grpo/{name}.json")["nodes"]
+        with urllib.request.urlopen(f"{comfy.url}/api/workflow_templates/flash_grpo/{name}.jpg", timeout=60) as r:
+            assert r.read(3) == b"\xff\xd8\xff"
+    seed = info["FlashGRPOTrainer"]["input"]["required"]["seed"][1]
+    assert seed["control_after_generate"] == "fixed"
+    assert info["FlashGRPORewardScorer"]["output_node"] is True
     for n in NODES:
         for section in ("required", "optional"):
             for name, spec in info[n]["input"].get(section, {}).items():
                 assert spec[1].get("tooltip"), f"{n}.{name}"
 
 
-def test_demo_workflow_runs_from_prompt_and_publishes_the_lora(comfy):
+def _backend_health() -> dict:
+    """/health of the backend ComfyUI started (the tests' state dir: the server inherits it)."""
+    from trainer.service import client
+
+    info = client._read_state(client.state_dir())
+    if not info:
+        return {"jobs_run": {"train": 0, "sample": 0, "score": 0}}
+    return client.BackendClient(info["url"], info["token"]).health()
+
+
+@pytest.fixture(scope="module")
+def demo(comfy):
+    """The demo workflow, 2 iterations, queued once from /prompt: (prompt, trainer id, run, history)."""
     sys.path.insert(0, str(ROOT))
     from trainer.graph.node_types import NODE_CLASS_MAPPINGS
     from trainer.graph.workflow import load_workflow
@@ -143,10 +165,20 @@ def test_demo_workflow_runs_from_prompt_and_publishes_the_lora(comfy):
     trainer_id = next(k for k, n in prompt.items() if n["class_type"] == "FlashGRPOTrainer")
     prompt[trainer_id]["inputs"].update({"iterations": 2, "run_name": run,
                                          "config_overrides": json.dumps({"sampling_steps": 6})})
-    result = comfy.run(prompt)
+    return prompt, trainer_id, run, comfy.run(prompt)
+
+
+def test_demo_workflow_runs_from_prompt_and_publishes_the_lora(comfy, demo):
+    prompt, trainer_id, run, result = demo
     assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000] + comfy.log()[-3000:]
     text = result["outputs"][trainer_id]["text"][0]
     assert text.startswith("2/2 iterations") and f"flash_grpo/{run}.safetensors" in text
+    images = result["outputs"][trainer_id]["images"]  # the before/after sheet and the reward curve
+    assert len(images) == 2
+    for image in images:
+        with urllib.request.urlopen(f"{comfy.url}/view?filename={image['filename']}&type={image['type']}"
+                                    f"&subfolder={image['subfolder']}", timeout=60) as r:
+            assert r.read(8) == b"\x89PNG\r\n\x1a\n"
 
     loras = comfy.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
     assert f"flash_grpo/{run}.safetensors" in loras
@@ -232,3 +264,49 @@ def test_cancel_stops_the_run_and_keeps_its_checkpoint(comfy):
     assert events["status"] == "cancelled" and events["events"][-1]["event"] == "cancelled"
     done = events["events"][-1]["iteration"]
     assert 1 <= done < 200
+
+
+def test_requeued_demo_does_not_train_again_and_its_lora_name_feeds_a_stock_lora_loader(comfy, demo):
+    prompt, trainer_id, run, first = demo
+    assert first["status"]["status_str"] == "success"
+    events = comfy.base / "output" / "flash_grpo" / "runs" / run / "events.jsonl"
+    starts = events.read_text().count('"event": "start"')
+    trained = _backend_health()["jobs_run"]["train"]
+    linked = {**prompt,
+              "90": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_wan_t2v.safetensors", "weight_dtype": "default"}},
+              "91": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["90", 0], "lora_name": [trainer_id, 0],
+                                                                     "strength_model": 1.0}},
+              "92": {"class_type": "ModelSave", "inputs": {"model": ["91", 0], "filename_prefix": "diffusion_models/linked"}}}
+    result = comfy.run(linked)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000] + comfy.log()[-3000:]
+    assert events.read_text().count('"event": "start"') == starts, "the finished run was not trained again"
+    assert _backend_health()["jobs_run"]["train"] == trained
+    assert sorted((comfy.base / "output" / "diffusion_models").glob("linked_*.safetensors"))
+
+
+def test_sampler_and_a_model_reward_run_in_the_backend_and_the_scorer_alone_is_an_output(comfy, tmp_path):
+    from tests.rewards.test_reward_models import tiny_clip, write_clip_tokenizer, write_processor_config
+
+    clip_dir = tmp_path / "clip"
+    vocab = write_clip_tokenizer(clip_dir)
+    write_processor_config(clip_dir)
+    tiny_clip(vocab).save_pretrained(clip_dir)
+    before = _backend_health()["jobs_run"]
+    result = comfy.run({
+        "1": {"class_type": "FlashGRPOModelSource", "inputs": {"model": "tiny", "device": "cpu", "dtype": "float32", "gpus": 1}},
+        "2": {"class_type": "FlashGRPOPrompts", "inputs": {"prompts": "a red ball\na blue cube", "prompt_file": "none",
+                                                           "eval_prompts": 0}},
+        "3": {"class_type": "FlashGRPOGroupSampler", "inputs": {
+            "model": ["1", 0], "prompts": ["2", 0], "num_prompts": 2, "group_size": 2, "preset": "tiny_demo",
+            "iteration": 0, "seed": 0, "config_overrides": json.dumps({"sampling_steps": 4})}},
+        "4": {"class_type": "FlashGRPOReward", "inputs": {"reward": "clip_score", "weight": 1.0,
+                                                          "args": json.dumps({"path": str(clip_dir)})}},
+        "5": {"class_type": "FlashGRPORewardScorer", "inputs": {
+            "reward": ["4", 0], "group_size": 2, "std_mode": "group", "clip": 5.0, "videos": ["3", 0],
+            "prompts": ["3", 1]}},
+    })
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000] + comfy.log()[-3000:]
+    report = result["outputs"]["5"]["flash_grpo_scores"][0]
+    assert len(report["scores"]) == 4 and "clip_score" in report["details"]
+    after = _backend_health()["jobs_run"]
+    assert after["sample"] == before["sample"] + 1 and after["score"] == before["score"] + 1

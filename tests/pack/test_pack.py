@@ -170,15 +170,15 @@ def test_pack_modules_use_relative_imports_only():
 def test_workflows_convert_with_the_pack_nodes(pack):
     from trainer.graph.workflow import load_workflow
 
-    for name in ("demo", "align"):
-        prompt = load_workflow(ROOT / "workflows" / f"{name}.json", pack.NODE_CLASS_MAPPINGS)
+    for path in (ROOT / "workflows" / "demo.json", ROOT / "example_workflows" / "align.json"):
+        prompt = load_workflow(path, pack.NODE_CLASS_MAPPINGS)
         assert {n["class_type"] for n in prompt.values()} >= {"FlashGRPOTrainer", "FlashGRPOPrompts"}
         prompts_node = next(n for n in prompt.values() if n["class_type"] == "FlashGRPOPrompts")
         assert prompts_node["inputs"]["prompt_file"] == "none"
 
 
 def test_generate_with_lora_workflow_is_the_stock_wan_graph_plus_loader():
-    data = json.loads((ROOT / "workflows" / "generate_with_lora.json").read_text())
+    data = json.loads((ROOT / "example_workflows" / "generate_with_lora.json").read_text())
     types = [n["type"] for n in data["nodes"]]
     for t in ("UNETLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "EmptyHunyuanLatentVideo",
               "ModelSamplingSD3", "KSampler", "VAEDecode", "CreateVideo", "SaveVideo", "FlashGRPOLoraLoader"):
@@ -186,7 +186,6 @@ def test_generate_with_lora_workflow_is_the_stock_wan_graph_plus_loader():
     node = {n["type"]: n for n in data["nodes"]}
     assert node["UNETLoader"]["widgets_values"][0] == "wan2.1_t2v_1.3B_fp16.safetensors"
     assert node["CLIPLoader"]["widgets_values"][1] == "wan"
-    assert node["ModelSamplingSD3"]["widgets_values"][0] == 8
     links = {ln[0]: ln for ln in data["links"]}
     ids = {n["id"]: n["type"] for n in data["nodes"]}
     # UNETLoader -> aligned-LoRA loader -> ModelSamplingSD3 -> KSampler
@@ -593,3 +592,130 @@ def test_load_comfy_files_builds_a_pipeline_from_comfyui_files(tmp_path):
     assert emb.shape == (1, 16, 4096)
     with pytest.raises(Exception, match="file not found"):
         models.load_comfy_files(tmp_path / "missing.safetensors", tmp_path / "vae", tmp_path / "umt5.safetensors")
+
+
+# ------------------------------------------------------- ComfyUI caching, seeds, results --
+
+
+class _RecordingMM(_FakeMM):
+    """Also records ComfyUI's memory calls (unload_all_models, soft_empty_cache)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def unload_all_models(self):
+        self.calls.append("unload_all_models")
+
+    def soft_empty_cache(self):
+        self.calls.append("soft_empty_cache")
+
+
+class _Utils:
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total, self.node_id, self.values = total, node_id, []
+
+        def update_absolute(self, value, total=None, preview=None):
+            self.values.append(value)
+
+
+def test_seeds_stay_fixed_and_the_scorer_is_an_output_node(pack):
+    from trainer.graph.workflow import load_workflow
+
+    for name in ("FlashGRPOTrainer", "FlashGRPOGroupSampler"):
+        seed = pack.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["required"]["seed"][1]
+        # The front end adds its control widget to an INT named seed; "fixed" is its initial mode.
+        assert seed["control_after_generate"] == "fixed", name
+    assert pack.NODE_CLASS_MAPPINGS["FlashGRPORewardScorer"].OUTPUT_NODE is True
+    prompt = load_workflow(ROOT / "workflows" / "demo.json", pack.NODE_CLASS_MAPPINGS)
+    trainer = next(n["inputs"] for n in prompt.values() if n["class_type"] == "FlashGRPOTrainer")
+    assert trainer["seed"] == 0 and trainer["run_name"] == ""  # the saved "fixed" mode is skipped
+
+
+def test_is_changed_follows_the_prompt_file_and_the_lora_file(pack, tmp_path):
+    import os
+
+    nodes = sys.modules[f"{PACK_NAME}.nodes"]
+    host = sys.modules[f"{PACK_NAME}.trainer.graph.host"]
+    prompts_cls = pack.NODE_CLASS_MAPPINGS["FlashGRPOPrompts"]
+    loader = pack.NODE_CLASS_MAPPINGS["FlashGRPOLoraLoader"]
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / "p.txt").write_text("a cat\n")
+    lora = tmp_path / "models" / "loras" / "flash_grpo" / "x.safetensors"
+    lora.parent.mkdir(parents=True)
+    lora.write_bytes(b"1234")
+    old = host.current()
+    host.install(nodes.ComfyHost(_FakeFolderPaths(tmp_path), None, _FakeMM()))
+    try:
+        first = prompts_cls.IS_CHANGED(prompts="", prompt_file="p.txt", eval_prompts=0)
+        assert first == prompts_cls.IS_CHANGED(prompts="", prompt_file="p.txt", eval_prompts=0)
+        (tmp_path / "input" / "p.txt").write_text("a dog\n")
+        assert prompts_cls.IS_CHANGED(prompts="", prompt_file="p.txt", eval_prompts=0) != first
+        assert prompts_cls.IS_CHANGED(prompts="x", prompt_file="none", eval_prompts=0) == ""
+        assert prompts_cls.IS_CHANGED(prompts="x", prompt_file="../../etc/passwd", eval_prompts=0) == ""
+
+        before = loader.IS_CHANGED(model=None, lora_name="flash_grpo/x.safetensors", strength=1.0)
+        assert before == loader.IS_CHANGED(model=None, lora_name="flash_grpo/x.safetensors", strength=1.0)
+        lora.write_bytes(b"12345")  # republished under the same name
+        os.utime(lora, ns=(lora.stat().st_atime_ns, lora.stat().st_mtime_ns + 10**9))
+        assert loader.IS_CHANGED(model=None, lora_name="flash_grpo/x.safetensors", strength=1.0) != before
+        assert loader.IS_CHANGED(model=None, lora_name="missing.safetensors", strength=1.0) == ""
+    finally:
+        host.install(old)
+
+
+def test_trainer_frees_comfyui_memory_shows_its_images_links_its_lora_and_does_not_retrain(pack, tmp_path):
+    from safetensors.torch import load_file
+
+    nodes = sys.modules[f"{PACK_NAME}.nodes"]
+    host = sys.modules[f"{PACK_NAME}.trainer.graph.host"]
+    trainer = pack.NODE_CLASS_MAPPINGS["FlashGRPOTrainer"]
+    loader = pack.NODE_CLASS_MAPPINGS["FlashGRPOLoraLoader"]
+    mm = _RecordingMM()
+    h = nodes.ComfyHost(_FakeFolderPaths(tmp_path), _Utils(), mm)
+    h.in_process = True  # this test's jobs run here; test_backend covers the backend's
+    events = []
+    h.event = lambda run, e: events.append(e["event"])
+    args = ({"model": "tiny", "device": "cpu", "dtype": "float32", "gpus": 1},
+            {"prompts": ["a red ball", "a blue cube", "a green cone"], "prompt_file": "", "eval_prompts": 1},
+            [{"name": "brightness", "weight": 1.0, "args": {}}], "tiny_demo", "flash", 2, 1, 2, 1e-3, 2, 0, "",
+            False, json.dumps({"sampling_steps": 4, "eval_sampling_steps": 4}))
+    old = host.current()
+    host.install(h)
+    try:
+        out = trainer().train(*args, unique_id="7")
+        lora_name, run_dir, metrics, sheet, curve = out["result"]
+        assert mm.calls == ["unload_all_models", "soft_empty_cache"], "ComfyUI's models leave the GPU first"
+        # An unnamed run is named after its settings; its LoRA is published under ComfyUI's loras folder.
+        run = Path(run_dir).name
+        assert run.startswith("flash-") and len(run) == len("flash-") + 12
+        assert lora_name == f"flash_grpo/{run}.safetensors"
+        assert load_file(str(tmp_path / "models" / "loras" / lora_name))
+        for image in (sheet, curve):
+            assert image.ndim == 4 and image.shape[0] == 1 and image.shape[3] == 3 and image.dtype == torch.float32
+            assert image.shape[1] > 64 and 0 <= float(image.min()) and float(image.max()) <= 1 and image.std() > 0
+        assert len(out["ui"]["images"]) == 2 and all(i["type"] == "temp" for i in out["ui"]["images"])
+        assert "not trained again" not in out["ui"]["text"][0]
+
+        # The lora_name output links to a LoRA loader's lora_name: ComfyUI's link check is
+        # `not received_type != input_type`, with the loader's list of choices read at validation.
+        choices = loader.INPUT_TYPES()["required"]["lora_name"][0]
+        assert lora_name in choices
+        received = trainer.RETURN_TYPES[0]
+        assert not received != choices and received != ["euler", "uni_pc"] and received != "STRING"
+
+        # Queued again unchanged: the finished run is returned, nothing trains or unloads.
+        n_events, n_calls = len(events), len(mm.calls)
+        again = trainer().train(*args, unique_id="7")
+        assert again["result"][:3] == (lora_name, run_dir, metrics)
+        assert torch.equal(again["result"][3], sheet)
+        assert "not trained again" in again["ui"]["text"][0]
+        assert len(events) == n_events and len(mm.calls) == n_calls
+
+        # Another seed is another run.
+        other = trainer().train(*args[:10], 1, *args[11:], unique_id="7")
+        assert other["result"][1] != run_dir and "not trained again" not in other["ui"]["text"][0]
+    finally:
+        host.install(old)
+        h.close()

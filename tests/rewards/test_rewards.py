@@ -285,3 +285,24 @@ def test_single_spec_and_nested_details():
 def test_bad_specs_give_user_errors(specs, match):
     with pytest.raises(UserError, match=match):
         build_reward_set(specs)
+
+
+def test_check_reward_set_validates_specs_without_building_the_rewards(tmp_path):
+    from trainer.rewards import check_reward_set
+
+    missing = str(tmp_path / "no_such_clip")
+    spec = [{"name": "clip_score", "weight": 1.0, "args": {"path": missing, "every": 4}},
+            {"name": "brightness", "weight": 0.5}]
+    assert check_reward_set(spec) is None  # the model folder is never opened
+    with pytest.raises(UserError, match="not found|does not exist|no_such_clip"):
+        build_reward_set(spec)
+    with pytest.raises(UserError, match="does not take argument 'pth'"):
+        check_reward_set([{"name": "clip_score", "args": {"pth": missing}}])
+    with pytest.raises(UserError, match="needs argument"):
+        check_reward_set([{"name": "clip_score"}])
+    with pytest.raises(UserError, match="Unknown reward"):
+        check_reward_set(["brightnes"])
+    with pytest.raises(UserError, match="appears twice"):
+        check_reward_set(["brightness", {"name": "color", "label": "brightness"}])
+    with pytest.raises(UserError, match="import path"):
+        check_reward_set(["os.system"])

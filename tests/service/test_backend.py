@@ -244,3 +244,51 @@ def test_weights_hash_ignores_a_lora_that_was_added_and_removed():
     with torch.no_grad():
         next(transformer.parameters()).add_(1e-3)
     assert weights_hash(transformer) != before
+
+
+def test_after_job_policy_offload_is_the_default_and_shutdown_exits_after_the_job(backend, tmp_path, monkeypatch):
+    from trainer.service.wire import encode_array
+
+    assert backend.health()["after_job"] == "offload"
+    monkeypatch.setenv("FLASH_GRPO_BACKEND_AFTER_JOB", "shutdown")
+    c = client.launch(1, tmp_path / "state")
+    try:
+        assert c.health()["after_job"] == "shutdown"
+        videos = torch.full((2, 5, 16, 16, 3), 128, dtype=torch.uint8)
+        out = c.run_job("score", {"rewards": [{"name": "brightness"}], "videos": encode_array(videos),
+                                  "prompts": ["a", "b"], "group_size": 2})
+        assert len(out["scores"]) == 2
+        c.process.wait(timeout=60)  # SHUTDOWN_GRACE_S idle seconds after the job, then it exits
+        assert c.process.returncode == 0
+    finally:
+        if c.process.poll() is None:
+            c.shutdown()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_offload_gives_the_gpu_memory_back_and_the_next_job_still_runs(tmp_path):
+    from trainer.service.runner import LocalRunner
+
+    runner = LocalRunner()
+    cfg = tiny(tmp_path, device="cuda", dtype="float32")
+    runner.sample(cfg, ["a red ball"])
+    runner.release("keep")
+    held, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+    assert held > 0, "keep: the warm model stays on the GPU"
+    runner.release("offload")  # not run on a GPU by the session that wrote it (none was lent)
+    assert torch.cuda.memory_allocated() <= held // 10 and torch.cuda.memory_reserved() < reserved
+    again = runner.sample(cfg, ["a red ball"])  # moved back by the next job, not reloaded
+    assert runner.model_loads == 1 and again.videos.shape == (4, 9, 64, 64, 3)
+    runner.close()
+
+
+def test_a_sample_job_can_be_abandoned_and_the_backend_takes_the_next_job(backend, tmp_path):
+    """ComfyUI's Cancel during a sample (or score) job: the client stops waiting at once; the
+    backend finishes that job, then serves the next."""
+    from trainer.service.runner import BackendRunner, JobAbandoned
+
+    runner = BackendRunner(1, client=backend)  # not closed: the module's backend stays up
+    cfg = tiny(tmp_path)
+    with pytest.raises(JobAbandoned, match="stopped waiting"):
+        runner.sample(cfg, ["a red ball"], should_stop=lambda: True)
+    assert runner.sample(cfg, ["a red ball"]).videos.shape == (4, 9, 64, 64, 3)

@@ -29,6 +29,10 @@ class Host:
     in_process = False
     """Run the jobs in this process instead of the backend trainer process (one CPU/GPU)."""
 
+    reuse_finished_runs = False
+    """A Trainer whose settings match a finished run returns that run instead of training again
+    (ComfyUI: re-queueing a graph). Headless, every call trains (unnamed runs get a new name)."""
+
     def runner(self, gpus: int = 1) -> Runner:
         """The runner of the nodes' jobs on ``gpus`` processes (one per process count, kept)."""
         from ..service.runner import make_runner  # the engine loads on the first job, not at import
@@ -37,6 +41,9 @@ class Host:
         if gpus not in runners:
             runners[gpus] = make_runner(gpus, in_process=self.in_process)
         return runners[gpus]
+
+    def release_memory(self) -> None:
+        """Free what the host itself holds on the GPU before a heavy job (ComfyUI: its loaded models)."""
 
     def close(self) -> None:
         """Release the runners: shut down a backend this host started (ComfyUI keeps its own)."""

@@ -18,6 +18,7 @@ item); they run in ComfyUI, not in the headless runner.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -27,10 +28,17 @@ from pathlib import Path
 
 from .. import settings
 from ..engine.config import PRESETS, STRATEGIES, FlashGRPOConfig
-from ..engine.models import COMFY_MODEL_SUFFIX, CONFIGS_DIR, TINY_MODEL, resolve_model, write_comfy_manifest
+from ..engine.models import (
+    COMFY_MODEL_SUFFIX,
+    CONFIGS_DIR,
+    TINY_MODEL,
+    TOY_MODEL,
+    resolve_model,
+    write_comfy_manifest,
+)
 from ..errors import UserError
-from ..rewards import available_rewards, build_reward_set
-from ..service.runner import RunCancelled
+from ..rewards import available_rewards, check_reward_set
+from ..service.runner import JobAbandoned, RunCancelled, RunResult
 from . import host
 
 CATEGORY = "Flash-GRPO"
@@ -65,6 +73,40 @@ def _check_model(model: str) -> None:
         )
 
 
+class _LoraList(list):
+    """The type of the Trainer's ``lora_name`` output: ComfyUI's LoRA list, so the output links to
+    the ``lora_name`` combo of a LoRA loader. A combo input's type is its list of choices, read when
+    a prompt is validated, and ComfyUI checks a link with ``received_type != input_type``: this list
+    equals the host's current LoRA list, whatever it held when the class was defined."""
+
+    def __eq__(self, other):
+        return isinstance(other, list) and list(other) == list(host.current().model_files("loras"))
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    __hash__ = None
+
+
+LORA_LIST = _LoraList()
+
+
+def _runner(gpus: int = 1):
+    """The host's runner for a heavy job, after the host freed what it holds (ComfyUI's models)."""
+    h = host.current()
+    h.release_memory()
+    return h.runner(gpus)
+
+
+def _file_fingerprint(path: Path, content: bool = False) -> str:
+    """What ``IS_CHANGED`` returns for a file: its size and modification time, or (``content``,
+    small files) a hash of its bytes."""
+    if content:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    st = Path(path).stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def _json_object(text: str, what: str) -> dict:
     try:
         value = json.loads(text or "{}")
@@ -96,7 +138,8 @@ class FlashGRPOModelSource:
                 "'tiny' for the built-in test model, 'toy' for the shipped pretrained toy model "
                 "(it follows captions like 'a small red circle on the left moves up slowly on a "
                 "black background'), or the path of a local diffusers Wan2.1 T2V "
-                "folder (e.g. Wan2.1-T2V-1.3B-Diffusers). Headless, --model or FLASH_GRPO_MODEL override it."}),
+                "folder (e.g. Wan2.1-T2V-1.3B-Diffusers; a relative path is relative to ComfyUI's working "
+                "folder, and sent to the backend as an absolute one). Headless, --model or FLASH_GRPO_MODEL override it."}),
             **_hardware_inputs(),
         }}
 
@@ -109,6 +152,8 @@ class FlashGRPOModelSource:
     def select(self, model, device, dtype, gpus):
         model = model.strip()
         _check_model(model)
+        if model not in (TINY_MODEL, TOY_MODEL):  # the backend runs in another working directory
+            model = str(Path(os.path.expanduser(model)).resolve())
         return ({"model": model, "device": device, "dtype": dtype, "gpus": int(gpus)},)
 
 
@@ -186,6 +231,17 @@ class FlashGRPOPrompts:
     FUNCTION = "build"
     CATEGORY = CATEGORY
 
+    @classmethod
+    def IS_CHANGED(cls, prompt_file="", **_):
+        """The prompt file's content hash: editing the file re-runs the graph from here."""
+        name = (prompt_file or "").strip()
+        if not name or name == NO_FILE:
+            return ""
+        try:
+            return _file_fingerprint(host.current().input_file(name), content=True)
+        except UserError:
+            return ""  # build() reports it
+
     def build(self, prompts, prompt_file, eval_prompts):
         lines = [line.strip() for line in prompts.splitlines()]
         typed = [line for line in lines if line and not line.startswith("#")]
@@ -226,7 +282,7 @@ class FlashGRPOReward:
         except json.JSONDecodeError as e:
             raise UserError(f"reward {reward}: args is not valid JSON ({e}); write e.g. {{\"every\": 4}}") from None
         specs = list(previous or []) + [{"name": reward, "weight": float(weight), "args": parsed}]
-        build_reward_set(specs)  # validate names and arguments now, not after loading the model
+        check_reward_set(specs)  # names, weights and argument names now; no reward model loads here
         return (specs,)
 
 
@@ -256,8 +312,9 @@ class FlashGRPOGroupSampler:
                 "Resolution, frames, steps, CFG and noise settings, as in the trainer."}),
             "iteration": ("INT", {"default": 0, "min": 0, "max": 10**6, "tooltip":
                 "Which training iteration's step k and noise to reproduce (with the seed)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
-                             "tooltip": "Seed of the step choice and the noise (the trainer's seed)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": "fixed",
+                             "tooltip": "Seed of the step choice and the noise (the trainer's seed). Fixed "
+                             "unless you set its control to randomize."}),
         }, "optional": {
             "config_overrides": ("STRING", {"multiline": True, "default": "{}", "tooltip":
                 "Any other config field as JSON, e.g. {\"sampling_steps\": 20, \"height\": 480}."}),
@@ -278,7 +335,12 @@ class FlashGRPOGroupSampler:
                   "group_size": int(group_size), "seed": int(seed), "rewards": [{"name": "brightness", "weight": 1.0}]}
         values.update(_json_object(config_overrides, "config_overrides"))
         cfg = FlashGRPOConfig.from_dict(values, preset=preset)
-        out = host.current().runner(model["gpus"]).sample(cfg, chosen, iteration=int(iteration))
+        h = host.current()
+        try:
+            out = _runner(model["gpus"]).sample(cfg, chosen, iteration=int(iteration), should_stop=h.interrupted)
+        except JobAbandoned as exc:
+            h.cancelled(exc)
+            raise
         videos = [v.float().cpu().contiguous() for v in out.videos]  # each [T, H, W, 3] in 0..1
         per_video = [p for p in chosen for _ in range(int(group_size))]
         steps = [int(k) for k in out.steps] if out.steps is not None else None
@@ -333,6 +395,7 @@ class FlashGRPORewardScorer:
     DESCRIPTION = ("Scores each video (IMAGE list from the group sampler, or VIDEO objects) with the reward "
                    "set and shows scores and group advantages A = (r - group mean) / (std + 1e-4).")
     INPUT_IS_LIST = True
+    OUTPUT_NODE = True  # its table and chart are the result: ComfyUI runs it with nothing downstream
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -372,8 +435,13 @@ class FlashGRPORewardScorer:
             prompts = prompts * len(items)
         if prompts and len(prompts) != len(items):
             raise UserError(f"{len(prompts)} prompts for {len(items)} videos: give one prompt per video (or one for all).")
-        out = host.current().runner().score(reward, items, prompts or [""] * len(items), g, std_mode,
-                                            clip if clip > 0 else float("inf"))
+        h = host.current()
+        try:
+            out = _runner().score(reward, items, prompts or [""] * len(items), g, std_mode,
+                                  clip if clip > 0 else float("inf"), should_stop=h.interrupted)
+        except JobAbandoned as exc:
+            h.cancelled(exc)
+            raise
         scores = [float(x) for x in out.scores]
         adv = [float(x) for x in out.advantages]
         signal = [bool(x) for x in out.has_signal]
@@ -402,8 +470,10 @@ class FlashGRPOTrainer:
 
     DESCRIPTION = ("Trains a LoRA with Flash-GRPO (or a baseline strategy) toward the reward. Writes a run "
                    "directory with checkpoints, events, sample videos, a reward curve and the LoRA; in ComfyUI "
-                   "the LoRA appears in the LoRA loaders' lists (flash_grpo/<run>.safetensors). Cancel keeps "
-                   "the checkpoint: queue again with resume on and the same run_name to continue.")
+                   "the LoRA appears in the LoRA loaders' lists (flash_grpo/<run>.safetensors) and the lora_name "
+                   "output links to their lora_name; the before/after sheet and the reward curve are IMAGE "
+                   "outputs. Queueing a finished run again with the same settings returns it without training. "
+                   "Cancel keeps the checkpoint: queue again with resume on and the same run_name to continue.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -424,11 +494,13 @@ class FlashGRPOTrainer:
                 "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                             "tooltip": "AdamW learning rate of the LoRA."}),
                 "lora_rank": ("INT", {"default": 16, "min": 1, "max": 256, "tooltip": "LoRA rank (alpha = 2 x rank)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
-                                 "tooltip": "Seed of the whole run (plans, noise, prompt order)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": "fixed",
+                                 "tooltip": "Seed of the whole run (plans, noise, prompt order). Fixed unless "
+                                 "you set its control to randomize: a new seed is a new run."}),
                 "run_name": ("STRING", {"default": "", "tooltip":
-                    "Run directory name (letters, digits, . _ -); empty = strategy + time. Reuse a name "
-                    "with resume to continue."}),
+                    "Run directory name (letters, digits, . _ -); empty = strategy + a hash of the settings "
+                    "in ComfyUI (strategy + time headless). Reuse a name with resume to continue. A finished "
+                    "run with the same settings is not trained again: its results are returned."}),
                 "resume": ("BOOLEAN", {"default": False, "tooltip":
                     "Continue the run named run_name from its last checkpoint."}),
             },
@@ -439,11 +511,15 @@ class FlashGRPOTrainer:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    RETURN_TYPES = ("STRING", "STRING", "STRING")
-    RETURN_NAMES = ("lora_name", "run_dir", "metrics")
-    OUTPUT_TOOLTIPS = ("The LoRA's name in the LoRA loaders' list (a path headless).",
+    RETURN_TYPES = (LORA_LIST, "STRING", "STRING", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("lora_name", "run_dir", "metrics", "before_after", "reward_curve")
+    OUTPUT_TOOLTIPS = ("The LoRA's name in ComfyUI's loras folder (flash_grpo/<run>.safetensors; a path headless): "
+                       "connect it to the lora_name of LoraLoader, LoraLoaderModelOnly or the Aligned LoRA Loader.",
                        "The run directory (checkpoints, events.jsonl, samples, reward curve).",
-                       "JSON summary: reward first/last, before/after evaluation.")
+                       "JSON summary: reward first/last, before/after evaluation.",
+                       "The held-out prompts' videos before and after training, side by side (black if "
+                       "no prompt was held out).",
+                       "The reward curve of the run.")
     OUTPUT_NODE = True
     FUNCTION = "train"
     CATEGORY = CATEGORY
@@ -464,15 +540,33 @@ class FlashGRPOTrainer:
         cfg = FlashGRPOConfig.from_dict(values, preset=preset)
         if resume and not cfg.run_name:
             raise UserError("resume needs the run_name of the run to continue.")
-        if not cfg.run_name:
-            cfg.run_name = f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if not RUN_NAME_RE.match(cfg.run_name) or ".." in cfg.run_name:
-            raise UserError(f"run_name {cfg.run_name!r}: use letters, digits, '.', '_' and '-' only (no folders).")
         h = host.current()
         cfg.output_dir = str(h.runs_dir(cfg.output_dir))
+        if not cfg.run_name:
+            cfg.run_name = f"{cfg.strategy}-" + (_settings_hash(cfg) if h.reuse_finished_runs
+                                                 else time.strftime("%Y%m%d-%H%M%S"))
+        if not RUN_NAME_RE.match(cfg.run_name) or ".." in cfg.run_name:
+            raise UserError(f"run_name {cfg.run_name!r}: use letters, digits, '.', '_' and '-' only (no folders).")
         run = {"node": unique_id, "run": cfg.run_name, "run_dir": str(Path(cfg.output_dir) / cfg.run_name),
                "total": cfg.iterations}
+        result = finished_run(cfg) if h.reuse_finished_runs else None
+        if result is None:
+            result = self._run(h, cfg, run, model["gpus"], resume, unique_id)
+            note = ""
+        else:
+            note = " (finished earlier with these settings: not trained again)"
+        lora_name = h.publish_lora(result.lora_path) if result.lora_path else ""
+        metrics = json.dumps(result.summary, sort_keys=True)
+        text = f"{result.iterations_done}/{cfg.iterations} iterations, LoRA {lora_name}{note}"
+        pngs = [Path(result.run_dir) / "samples" / "before_after.png", Path(result.run_dir) / "reward_curve.png"]
+        ui = {"text": [text], "flash_grpo_run": [run]}
+        images = [h.temp_image(p.read_bytes(), "flash_grpo_run") for p in pngs if p.is_file()]
+        if any(images):
+            ui["images"] = [i for i in images if i]
+        return {"ui": ui, "result": (lora_name, str(result.run_dir), metrics, *(_png_as_image(p) for p in pngs))}
 
+    @staticmethod
+    def _run(h, cfg, run, gpus, resume, unique_id):
         stop_requested: list[Exception] = []
 
         def on_event(e: dict) -> None:
@@ -485,18 +579,48 @@ class FlashGRPOTrainer:
 
         h.event(run, {"event": "queued", "iterations": cfg.iterations, "resume": bool(resume)})
         try:
-            result = h.runner(model["gpus"]).train(cfg, resume=resume, on_event=on_event,
-                                                   should_stop=lambda: bool(stop_requested) or h.interrupted())
+            return _runner(gpus).train(cfg, resume=resume, on_event=on_event,
+                                       should_stop=lambda: bool(stop_requested) or h.interrupted())
         except RunCancelled as exc:
             h.cancelled(exc)
             raise
         except UserError as exc:
             h.event(run, {"event": "error", "message": str(exc)})
             raise
-        lora_name = h.publish_lora(result.lora_path) if result.lora_path else ""
-        metrics = json.dumps(result.summary, sort_keys=True)
-        text = f"{result.iterations_done}/{cfg.iterations} iterations, LoRA {lora_name}"
-        return {"ui": {"text": [text], "flash_grpo_run": [run]}, "result": (lora_name, str(result.run_dir), metrics)}
+
+
+def _settings_hash(cfg: FlashGRPOConfig) -> str:
+    """12 hex digits of the run's settings (the run name left out): the name of an unnamed run in
+    ComfyUI, so that queueing the same settings again finds the run."""
+    return hashlib.sha256(json.dumps({**cfg.to_dict(), "run_name": ""}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def finished_run(cfg: FlashGRPOConfig) -> RunResult | None:
+    """The finished run of ``cfg`` in ``cfg.output_dir/cfg.run_name``, or None: its ``config.json``
+    equals ``cfg``, its ``summary.json`` says every iteration ran uncancelled, its LoRA is there."""
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    lora = Path(summary.get("lora") or run_dir / "missing")
+    if (saved != json.loads(cfg.to_json()) or summary.get("cancelled") is not False
+            or summary.get("iterations_done") != cfg.iterations or not lora.is_file()):
+        return None
+    return RunResult(run_dir, lora, cfg.iterations, False, summary)
+
+
+def _png_as_image(path: Path):
+    """A PNG as ComfyUI's IMAGE ``[1, H, W, 3]`` float in 0..1 (black 64x64 when the file is missing)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if not path.is_file():
+        return torch.zeros(1, 64, 64, 3)
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,6 +724,14 @@ class FlashGRPOLoraLoader:
     OUTPUT_TOOLTIPS = ("The model with the LoRA applied.", "How the LoRA was trained (from its metadata).")
     FUNCTION = "load"
     CATEGORY = CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, lora_name="", **_):
+        """Size and time of the LoRA file: a LoRA republished under the same name is loaded again."""
+        try:
+            return _file_fingerprint(host.current().model_path("loras", lora_name))
+        except (UserError, OSError):
+            return ""  # load() reports it
 
     def load(self, model, lora_name, strength):
         from ..engine.lora import read_aligned_lora

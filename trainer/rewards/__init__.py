@@ -41,8 +41,8 @@ from . import models, videoalign  # noqa: F401  (register the model rewards; tra
 from .frames import FrameReward, aggregate_frame_scores, frame_indices
 from . import motion, ocr, remote  # noqa: F401  (register motion, subject_consistency, ocr, remote)
 from . import toy_world  # noqa: F401  (registers toy_caption and toy_<attribute>)
-# These three load the installed reward plugins (entry points) on first use, then call base's.
-from .plugins import available_rewards, build_reward, build_reward_set, load_plugins
+# These four load the installed reward plugins (entry points) on first use, then call base's.
+from .plugins import available_rewards, build_reward, build_reward_set, check_reward_set, load_plugins
 from .remote import RewardServerError
 from .simple import (
     Brightness,
@@ -63,6 +63,7 @@ __all__ = [
     "available_rewards",
     "build_reward",
     "build_reward_set",
+    "check_reward_set",
     "register_reward",
     "load_plugins",
     "RewardServerError",

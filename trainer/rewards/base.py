@@ -353,6 +353,15 @@ def build_reward(name: str, **kwargs: Any) -> Reward:
     the closest match), for an argument the factory does not accept (naming it and the accepted
     ones), and for a missing required argument. Factories raise ``UserError`` for bad values.
     """
+    reward = checked_factory(name, kwargs)(**kwargs)
+    if not isinstance(reward, Reward):
+        raise TypeError(f"factory of reward {name!r} returned {type(reward).__name__}, not a Reward")
+    return reward
+
+
+def checked_factory(name: str, kwargs: dict) -> Callable[..., Reward]:
+    """The factory of reward ``name`` once ``kwargs`` fit its signature (the checks of
+    :func:`build_reward`, without calling it: nothing is loaded)."""
     if not isinstance(name, str) or name not in _REGISTRY:
         raise UserError(_unknown_name_message(name))
     factory = _REGISTRY[name]
@@ -375,10 +384,7 @@ def build_reward(name: str, **kwargs: Any) -> Reward:
     ]
     if missing:
         raise UserError(f"Reward {name!r} needs argument(s): {', '.join(missing)}.")
-    reward = factory(**kwargs)
-    if not isinstance(reward, Reward):
-        raise TypeError(f"factory of reward {name!r} returned {type(reward).__name__}, not a Reward")
-    return reward
+    return factory
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,7 +442,7 @@ def _check_weight(weight: Any, label: str) -> None:
 _SPEC_KEYS = ("name", "weight", "args", "label")
 
 
-def build_reward_set(specs: Any) -> WeightedSum:
+def build_reward_set(specs: Any, check_only: bool = False) -> WeightedSum | None:
     """Build a :class:`WeightedSum` from reward specs (always a ``WeightedSum``, even for one).
 
     ``specs`` is a list whose items are a reward name (weight 1, no args) or a dict
@@ -447,6 +453,9 @@ def build_reward_set(specs: Any) -> WeightedSum:
 
     Example: ``build_reward_set([{"name": "jpeg_compressibility", "weight": 0.5},
     {"name": "color", "args": {"rgb": [0, 0, 255]}}])``.
+
+    ``check_only``: the same checks (names, weights, argument names, labels) without building the
+    rewards, so no reward model is loaded; returns None.
     """
     if isinstance(specs, (str, dict)):
         specs = [specs]
@@ -479,12 +488,18 @@ def build_reward_set(specs: Any) -> WeightedSum:
         args = spec.get("args") or {}
         if not isinstance(args, dict):
             raise UserError(f"'args' of reward {name!r} must be a dict of keyword arguments, got {args!r}.")
-        reward = build_reward(name, **args)
+        if check_only:
+            checked_factory(name, args)
+            reward = None
+        else:
+            reward = build_reward(name, **args)
         label = spec.get("label")
         if label is None:
             counts[name] = counts.get(name, 0) + 1
             label = name if counts[name] == 1 else f"{name}#{counts[name]}"
         elif not isinstance(label, str) or not label:
             raise UserError(f"'label' of reward {name!r} must be a non-empty string, got {label!r}.")
+        if label in (c[0] for c in components):
+            raise UserError(f"Reward {label!r} appears twice in the reward set; give each a distinct label.")
         components.append((label, weight, reward))
-    return WeightedSum(components)
+    return None if check_only else WeightedSum(components)

@@ -144,7 +144,17 @@ def build_reward(name: str, **kwargs: Any) -> Reward:
 
 def build_reward_set(specs: Any) -> WeightedSum:
     """:func:`trainer.rewards.base.build_reward_set` after loading the installed plugins."""
+    return _reward_set(specs, check_only=False)
+
+
+def check_reward_set(specs: Any) -> None:
+    """Every check :func:`build_reward_set` makes on ``specs`` (names, weights, argument names),
+    without building the rewards: no reward model is loaded in this process."""
+    _reward_set(specs, check_only=True)
+
+
+def _reward_set(specs: Any, check_only: bool) -> WeightedSum | None:
     load_plugins()
     for spec in specs if isinstance(specs, (list, tuple)) else [specs]:
         _refuse_import_path(spec.get("name") if isinstance(spec, dict) else spec)
-    return base.build_reward_set(specs)
+    return base.build_reward_set(specs, check_only=check_only)

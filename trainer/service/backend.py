@@ -24,7 +24,10 @@ HTTP API (all JSON, all need the token):
 
 Jobs run one at a time in a worker thread; the HTTP loop stays responsive, and a client that
 disconnects loses nothing: the job runs on and its events can be read again by job id. After
-``--idle-timeout`` seconds without jobs or requests the backend exits.
+``--idle-timeout`` seconds without jobs or requests the backend exits. After each job the warm model
+is handled by the ``--after-job`` policy (``FLASH_GRPO_BACKEND_AFTER_JOB``): ``offload`` (default) moves
+it to the CPU and empties the CUDA cache, so ComfyUI on the same GPU gets its memory back;
+``keep`` leaves it on the GPU; ``shutdown`` exits ``SHUTDOWN_GRACE_S`` idle seconds after the job.
 
 A failure on any rank is written to ``<state-dir>/rank<R>.error.json`` (rank, exception, message)
 before the process exits, so the client can name the rank and the cause.
@@ -47,6 +50,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .. import settings
 from ..engine.config import FlashGRPOConfig
 from ..engine.distributed import init_distributed
 from ..errors import UserError
@@ -55,6 +59,8 @@ from .runner import LocalRunner, RunCancelled
 from .wire import decode_array, encode_array
 
 HEARTBEAT_S = 5.0
+SHUTDOWN_GRACE_S = 10.0
+"""Idle seconds before a backend with the ``shutdown`` after-job policy exits after a job."""
 
 
 # ---- control channel: rank 0 -> all ranks ------------------------------------------------------
@@ -120,9 +126,16 @@ class Job:
 JOB_KINDS = ("train", "sample", "score")
 
 
-def execute(command: dict, runner: LocalRunner, should_stop, on_event) -> dict | None:
-    """Run one command on this rank (every rank runs it) with this rank's ``runner``.
-    Returns rank 0's JSON result."""
+def execute(command: dict, runner: LocalRunner, should_stop, on_event, after_job: str = "keep") -> dict | None:
+    """Run one command on this rank (every rank runs it) with this rank's ``runner``, then apply the
+    ``after_job`` policy to the warm model (``LocalRunner.release``). Returns rank 0's JSON result."""
+    try:
+        return _run_command(command, runner, should_stop, on_event)
+    finally:
+        runner.release(after_job)
+
+
+def _run_command(command: dict, runner: LocalRunner, should_stop, on_event) -> dict | None:
     op = command["op"]
     if op == "train":
         cfg = FlashGRPOConfig.from_dict(command["config"])
@@ -151,8 +164,10 @@ def execute(command: dict, runner: LocalRunner, should_stop, on_event) -> dict |
 class Backend:
     """Rank 0's server state: the job queue, the worker loop and the HTTP app."""
 
-    def __init__(self, state_dir: Path, control: Control, idle_timeout: float, runner: LocalRunner | None = None):
+    def __init__(self, state_dir: Path, control: Control, idle_timeout: float, runner: LocalRunner | None = None,
+                 after_job: str = "keep"):
         self.state_dir = state_dir
+        self.after_job = after_job
         self.control = control
         self.runner = runner or LocalRunner()
         self.jobs_run = dict.fromkeys(JOB_KINDS, 0)  # jobs started per kind, reported by /health
@@ -183,7 +198,8 @@ class Backend:
             command = {"op": job.kind, **job.payload}
             self.control.broadcast(command)
             try:
-                result = execute(command, self.runner, lambda job=job: self.control.agree(job.cancel), job.add_event)
+                result = execute(command, self.runner, lambda job=job: self.control.agree(job.cancel), job.add_event,
+                                 self.after_job)
                 cancelled = bool(result and result.get("cancelled"))
                 job.finish("cancelled" if cancelled else "done", result=result)
             except UserError as e:
@@ -196,6 +212,8 @@ class Backend:
             finally:
                 self.current = None
                 self.last_activity = time.time()
+                if self.after_job == "shutdown":  # exit once the client has read the result
+                    self.idle_timeout = min(self.idle_timeout, SHUTDOWN_GRACE_S)
 
     # -- HTTP --
     def app(self):
@@ -212,6 +230,7 @@ class Backend:
             return web.json_response({
                 "ok": True, "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                 "model_loads": self.runner.model_loads, "jobs_run": dict(self.jobs_run), "pid": os.getpid(),
+                "after_job": self.after_job,
                 "job": self.current.view() if self.current else None,
             })
 
@@ -307,11 +326,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     ap.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
     ap.add_argument("--idle-timeout", type=float, default=900.0, help="exit after this many idle seconds")
+    ap.add_argument("--after-job", choices=settings.AFTER_JOB_POLICIES, default=None,
+                    help="after each job: offload the model to the CPU and empty the CUDA cache (default), keep it "
+                    f"on the GPU, or shut down once idle (default: {settings.AFTER_JOB_ENV} or offload)")
     ap.add_argument("--allow-remote", action="store_true",
                     help="allow a non-loopback --host (multi-node setups behind your own network controls)")
     args = ap.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         print(f"error: --host {args.host} is not loopback; add --allow-remote to listen there anyway", file=sys.stderr)
+        return 2
+    try:
+        after_job = args.after_job or settings.after_job_policy()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     state_dir = Path(args.state_dir).expanduser()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -322,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = LocalRunner()  # this rank's warm model
     try:
         if rank == 0:
-            backend = Backend(state_dir, control, args.idle_timeout, runner)
+            backend = Backend(state_dir, control, args.idle_timeout, runner, after_job)
             worker_error = []
 
             def run_worker():
@@ -346,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 if command["op"] == "noop":
                     continue
                 try:
-                    execute(command, runner, lambda: control.agree(False), lambda e: None)
+                    execute(command, runner, lambda: control.agree(False), lambda e: None, after_job)
                 except UserError:
                     pass  # rank 0 raises the same error and reports it
         return 0

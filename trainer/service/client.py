@@ -42,6 +42,11 @@ class BackendUnreachable(BackendError):
     """No answer from the backend's address (not started yet, or gone)."""
 
 
+class JobAbandoned(UserError):
+    """``should_stop`` turned true during a sample or score job: the client stopped waiting (the
+    backend finishes that job, then takes the next one). Train jobs stop properly instead."""
+
+
 def state_dir() -> Path:
     return settings.state_dir()
 
@@ -131,6 +136,8 @@ class BackendClient:
             if should_stop() and not cancel_sent:
                 self.request("POST", f"/jobs/{job_id}/cancel", {})
                 cancel_sent = True
+                if kind != "train":  # only training stops early; do not wait for the rest
+                    raise JobAbandoned(f"stopped waiting for the backend's {kind} job {job_id}")
             reply = self.request("GET", f"/jobs/{job_id}/events?after={seen}&wait=2", timeout=40.0)
             for event in reply["events"]:
                 try:

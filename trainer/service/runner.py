@@ -18,6 +18,7 @@ where it runs.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -33,7 +34,9 @@ from ..rewards import as_uint8, build_reward_set
 from . import client as client_lib
 from .wire import decode_array, encode_array
 
-__all__ = ["BackendRunner", "LocalRunner", "RunCancelled", "RunResult", "Runner", "SampleResult", "ScoreResult",
+JobAbandoned = client_lib.JobAbandoned
+
+__all__ = ["BackendRunner", "JobAbandoned", "LocalRunner", "RunCancelled", "RunResult", "Runner", "SampleResult", "ScoreResult",
            "make_runner"]
 
 
@@ -80,15 +83,19 @@ class Runner(Protocol):
         ``on_event`` receives every event of the run (``trainer.engine.runlog``), as it happens."""
         ...
 
-    def sample(self, cfg: FlashGRPOConfig, prompts: list[str], iteration: int = 0) -> SampleResult:
+    def sample(self, cfg: FlashGRPOConfig, prompts: list[str], iteration: int = 0,
+               should_stop: Callable[[], bool] = lambda: False) -> SampleResult:
         """Iso-temporal group sampling: ``cfg.group_size`` videos per prompt, exactly as the
-        training rollout of ``iteration`` draws them (step plan and noise from ``cfg.seed``)."""
+        training rollout of ``iteration`` draws them (step plan and noise from ``cfg.seed``).
+        ``should_stop``: the backend runner stops waiting and raises ``JobAbandoned``; the local
+        runner runs to the end."""
         ...
 
     def score(self, reward_specs: list, videos, prompts: list[str], group_size: int,
-              std_mode: str = "group", clip: float = 5.0) -> ScoreResult:
+              std_mode: str = "group", clip: float = 5.0, should_stop: Callable[[], bool] = lambda: False) -> ScoreResult:
         """Score videos (uint8 or float ``[N, T, H, W, 3]``, ``N = groups * group_size``,
-        group-major) with a reward set and compute their group advantages."""
+        group-major) with a reward set and compute their group advantages (``should_stop`` as
+        for ``sample``)."""
         ...
 
     def close(self) -> None:
@@ -121,6 +128,21 @@ class LocalRunner:
     def drop_warm_pipeline(self) -> None:
         self._pipelines.clear()
 
+    def release(self, policy: str) -> None:
+        """After a job: ``keep`` the warm model where it is, or (``offload``, ``shutdown``) move it to
+        the CPU and return the CUDA allocator's cached blocks, so another process (ComfyUI) can use
+        the GPU. The next job moves the model back (the recipe places it on its device)."""
+        if policy == "keep":
+            return
+        for pipe in self._pipelines.values():
+            for name in ("transformer", "vae", "text_encoder"):
+                module = getattr(pipe, name, None)
+                if module is not None:
+                    module.to("cpu")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def train(self, cfg, resume=False, should_stop=lambda: False, on_event=lambda e: None) -> RunResult:
         run_dir = Path(cfg.output_dir) / cfg.run_name if cfg.run_name else None
         recipe = FlashGRPORecipe(cfg, run_dir=run_dir, resume=resume, pipeline=self.warm_pipeline(cfg)).setup()
@@ -133,7 +155,7 @@ class LocalRunner:
             raise RunCancelled(result)
         return result
 
-    def sample(self, cfg, prompts, iteration=0) -> SampleResult:
+    def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False) -> SampleResult:
         prompts = list(prompts)
         cfg = FlashGRPOConfig.from_dict({**cfg.to_dict(), "prompts": prompts, "prompt_file": "",
                                          "eval_prompts": 0, "prompts_per_iteration": len(prompts)})
@@ -145,7 +167,8 @@ class LocalRunner:
         return SampleResult(videos=videos, steps=batch.plan.group_steps,
                             prompts=[p for p in prompts for _ in range(cfg.group_size)], seed=cfg.seed)
 
-    def score(self, reward_specs, videos, prompts, group_size, std_mode="group", clip=5.0) -> ScoreResult:
+    def score(self, reward_specs, videos, prompts, group_size, std_mode="group", clip=5.0,
+              should_stop=lambda: False) -> ScoreResult:
         reward = build_reward_set(reward_specs)
         out = reward(videos, list(prompts))
         n = out.scores.shape[0]
@@ -193,16 +216,17 @@ class BackendRunner:
             raise RunCancelled(result)
         return result
 
-    def sample(self, cfg, prompts, iteration=0) -> SampleResult:
+    def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False) -> SampleResult:
         out = self.connection().run_job("sample", {"config": cfg.to_dict(), "prompts": list(prompts),
-                                                   "iteration": int(iteration)})
+                                                   "iteration": int(iteration)}, should_stop=should_stop)
         videos = decode_array(out["videos"]).float() / 255.0  # travels as uint8
         return SampleResult(videos=videos, steps=out["steps"], prompts=out["prompts"], seed=out["seed"])
 
-    def score(self, reward_specs, videos, prompts, group_size, std_mode="group", clip=5.0) -> ScoreResult:
+    def score(self, reward_specs, videos, prompts, group_size, std_mode="group", clip=5.0,
+              should_stop=lambda: False) -> ScoreResult:
         out = self.connection().run_job("score", {
             "rewards": reward_specs, "videos": encode_array(as_uint8(videos)), "prompts": list(prompts),
-            "group_size": group_size, "std_mode": std_mode, "clip": clip})
+            "group_size": group_size, "std_mode": std_mode, "clip": clip}, should_stop=should_stop)
         return ScoreResult(scores=torch.tensor(out["scores"]), advantages=torch.tensor(out["advantages"]),
                            has_signal=torch.tensor(out["has_signal"]),
                            details={k: torch.tensor(v) for k, v in out["details"].items()})
