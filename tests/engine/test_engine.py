@@ -213,18 +213,60 @@ def test_pass_counts(tmp_path):
     assert shared["rollout"] < flash["rollout"]
 
 
-def test_decode_gives_videos_in_unit_range(recipe):
-    videos = recipe.decode(torch.randn(2, *recipe.latent_shape))
-    assert videos.shape == (2, 9, 64, 64, 3)
-    assert videos.min() >= 0 and videos.max() <= 1
+def test_decode_gives_uint8_videos_by_the_reference_formula_in_any_chunking(recipe):
+    latents = torch.randn(3, *recipe.latent_shape, generator=torch.Generator().manual_seed(0))
+    videos = recipe.decode(latents)
+    assert videos.dtype == torch.uint8 and videos.shape == (3, 9, 64, 64, 3)
+    vae = recipe.pipe.vae
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        x = vae.decode(latents * std + mean, return_dict=False)[0].permute(0, 2, 3, 4, 1)
+    ref = (((x + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8)
+    assert (videos.int() - ref.int()).abs().max() <= 1  # float rounding at a .5 boundary at most
+    recipe.cfg.decode_batch_size = 2
+    assert [c.shape[0] for c in recipe.decode_chunks(latents)] == [2, 1]
+    assert (recipe.decode(latents).int() - videos.int()).abs().max() <= 1
 
 
-def test_embeddings_are_cached_per_prompt(recipe):
-    recipe.embed(["a", "b"])
-    n = len(recipe._embeddings)
+def test_chunked_scoring_equals_scoring_all_videos(recipe):
+    latents = torch.randn(3, *recipe.latent_shape, generator=torch.Generator().manual_seed(1))
+    prompts = ["a", "b", "c"]
+    whole = recipe.reward_fn(recipe.decode(latents), prompts)
+    chunked = recipe.score_latents(latents, prompts)
+    assert torch.allclose(chunked.scores, whole.scores, atol=1e-6)
+    assert chunked.details.keys() == whole.details.keys()
+
+
+def test_embeddings_are_cached_unpadded_and_padded_like_diffusers(recipe):
     e = recipe.embed(["b", "a", "a"])
-    assert len(recipe._embeddings) == n and e.shape[0] == 3
-    assert torch.equal(e[1], e[2])
+    assert e.shape[0] == 3 and torch.equal(e[1], e[2])
+    L = recipe.cfg.max_sequence_length
+    ref, _ = recipe.pipe.encode_prompt(["a", "b"], do_classifier_free_guidance=False, max_sequence_length=L)
+    assert torch.allclose(e[1], ref[0], atol=1e-6) and torch.allclose(e[0], ref[1], atol=1e-6)
+    cached = recipe._embeddings["a"]
+    assert cached.shape[0] < L and cached.abs().sum(dim=1).gt(0).all()  # no padding rows kept
+    # every prompt of the run was encoded at setup (training, held-out, negative)
+    assert {*recipe.prompts.train, recipe.cfg.negative_prompt} <= set(recipe._embeddings)
+
+
+def test_rollout_pads_its_forward_calls_to_the_largest_count_of_any_rank(recipe):
+    calls = []
+    plan = StepPlan(sde=torch.zeros(3, 4, dtype=torch.bool), train=torch.zeros(3, 4, dtype=torch.bool),
+                    group_steps=None)
+    model = recipe.transformer
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return model(*a, **kw)
+
+    counting.parameters = model.parameters
+    cond = recipe.conditioning(["a", "b", "c"])
+    sigmas = recipe.sigmas[:5].clone()
+    sigmas[-1] = 0.0
+    rollout(counting, plan, sigmas, torch.zeros(4), cond, recipe.latent_shape,
+            lambda i, j, shape: sample_noise(0, 0, i, j, shape), chunk=2, sync_calls=lambda n: n + 3)
+    assert len(calls) == 4 * (2 + 3)  # 2 calls of <= 2 rows per step, padded by 3
 
 
 def test_before_after_sheet_is_written_and_survives_a_resume(tmp_path):

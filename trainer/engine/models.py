@@ -169,8 +169,12 @@ def weights_hash(module: torch.nn.Module) -> str:
     """A short sha256 over a module's parameter names, shapes and values (the base-model id).
 
     Stored in the LoRA metadata so a LoRA can be matched to the exact weights it was trained on.
-    LoRA parameters are skipped and peft's ``base_layer`` wrapping is ignored.
+    LoRA parameters are skipped and peft's ``base_layer`` wrapping is ignored. Computed once per
+    module object (the base weights are frozen; a warm pipeline reuses the value).
     """
+    cached = module.__dict__.get("_flash_grpo_weights_hash")
+    if cached is not None:
+        return cached
     h = hashlib.sha256()
     # peft wraps a layer that has (or had) a LoRA: ``to_q.weight`` becomes ``to_q.base_layer.weight``.
     # Hash the plain names, so a warm model reused after a LoRA run hashes as it did before.
@@ -179,7 +183,8 @@ def weights_hash(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    module.__dict__["_flash_grpo_weights_hash"] = h.hexdigest()[:16]
+    return module.__dict__["_flash_grpo_weights_hash"]
 
 
 # --------------------------------------------------------------------------------------------
