@@ -189,7 +189,10 @@ class FlashGRPORecipe:
         self.transformer.to(self.device)
         # On CUDA the VAE decodes in the transformer's dtype (a float32 Wan VAE needs about 8 GB for
         # one 480x832x81 video); on CPU it stays float32.
-        pipe.vae.to(self.device, self.dtype if self.device.type == "cuda" else torch.float32).eval()
+        vae_dtype = self.dtype if self.device.type == "cuda" else torch.float32
+        pipe.vae.to(self.device).eval()
+        if pipe.vae.dtype != vae_dtype:
+            pipe.vae.to(vae_dtype)
         if cfg.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
             pipe.vae.enable_tiling()
         elif hasattr(pipe.vae, "disable_tiling"):
