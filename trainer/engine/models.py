@@ -326,6 +326,66 @@ def load_comfy_text_encoder(path: str | os.PathLike, dtype: torch.dtype = torch.
     return tokenizer, model.eval()
 
 
+_FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+
+def load_wan_transformer_file(path: str | os.PathLike, config_dir: str | os.PathLike,
+                              dtype: torch.dtype = torch.float32):
+    """A ``WanTransformer3DModel`` from a ComfyUI/original-format file, equal to what
+    ``from_pretrained(..., torch_dtype=dtype)`` gives for the same weights in a diffusers folder.
+
+    * Keys with a ``model.diffusion_model.`` or ``diffusion_model.`` prefix are accepted.
+    * The modules diffusers keeps in float32 (``_keep_in_fp32_modules``: norms, rope,
+      ``time_embedder``, ``scale_shift_table``) stay float32, everything else becomes ``dtype``
+      (diffusers' own ``from_single_file`` casts them to ``dtype`` as well).
+    * fp8 "scaled" files: a weight with a per-tensor ``scale_weight`` is de-quantised
+      (``weight.float() * scale``); block or row scales are refused with a ``UserError``.
+    * Tensors are read one at a time from the file; the model is built on the meta device, so no
+      float32 copy of the whole model is ever made.
+
+    ``config_dir`` holds ``transformer/config.json``.
+    """
+    from diffusers import WanTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    from safetensors import safe_open
+
+    config = WanTransformer3DModel.load_config(str(config_dir), subfolder="transformer", local_files_only=True)
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config(config)
+    keep = model._keep_in_fp32_modules or []
+    sd = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        keys = set(f.keys())
+        for key in sorted(keys):
+            name = next((key[len(p):] for p in _COMFY_PREFIXES if key.startswith(p)), key)
+            if name == "scaled_fp8" or name.endswith((".scale_weight", ".scale_input", ".input_scale")):
+                continue
+            t = f.get_tensor(key)
+            scale_key = key.removesuffix(".weight") + ".scale_weight"
+            if key.endswith(".weight") and scale_key in keys:
+                scale = f.get_tensor(scale_key)
+                if scale.numel() != 1:
+                    raise UserError(
+                        f"{path}: {scale_key} holds {scale.numel()} scales (block- or row-scaled fp8); only "
+                        "per-tensor scaled fp8 files are supported. Use the fp16/bf16 file instead.")
+                t = t.to(torch.float32) * scale.to(torch.float32)
+            elif t.dtype in _FP8_DTYPES and not key.endswith(".weight"):
+                raise UserError(f"{path}: {key} is fp8 without a scale; use the fp16/bf16 file instead.")
+            sd[name] = t
+    sd = convert_wan_transformer_to_diffusers(sd)
+    for name, t in sd.items():
+        if t.is_floating_point():
+            sd[name] = t.to(torch.float32 if any(m in name.split(".") for m in keep) else dtype)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit a Wan2.1 transformer with the config in {config_dir}: "
+                        f"missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    # non-persistent buffers (the rotary tables) are not in the file: rebuild them off the meta device
+    rope = model.rope
+    model.rope = type(rope)(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
+    return model.eval()
+
+
 def _load_component_folder(cls, folder: Path, dtype):
     return cls.from_pretrained(str(folder), torch_dtype=dtype)
 
@@ -346,7 +406,7 @@ def load_comfy_files(transformer_path: str | os.PathLike, vae_path: str | os.Pat
     """
     import tempfile
 
-    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, WanPipeline
 
     transformer_path, vae_path = Path(transformer_path), Path(vae_path)
     for what, p in (("diffusion model", transformer_path), ("VAE", vae_path), ("text encoder", text_encoder_path)):
@@ -366,10 +426,7 @@ def load_comfy_files(transformer_path: str | os.PathLike, vae_path: str | os.Pat
                 (config_dir / "transformer" / "config.json").write_text(json.dumps(inferred))
         config_dir = Path(config_dir)
         try:
-            transformer = WanTransformer3DModel.from_single_file(
-                str(transformer_path), config=str(config_dir), subfolder="transformer", torch_dtype=dtype,
-                local_files_only=True,
-            )
+            transformer = load_wan_transformer_file(transformer_path, config_dir, dtype)
         except UserError:
             raise
         except Exception as exc:
