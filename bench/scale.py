@@ -235,7 +235,8 @@ def measure(config: dict, latent: tuple[int, ...], device: torch.device, dtype: 
     """Time one rollout step and one update (module docstring); peak memory on CUDA.
 
     Returns seconds (``rollout_step_s``, ``update_s``; None when out of memory), peak bytes per
-    phase on CUDA (``*_peak_bytes``), ``weights_bytes`` and ``errors`` (phase -> message).
+    phase on CUDA (``*_peak_bytes`` allocated, ``*_peak_reserved_bytes`` reserved by the caching
+    allocator), ``weights_bytes`` and ``errors`` (phase -> message).
     """
     from trainer.algo import sde as sde_math
     from trainer.algo.grpo import clipped_surrogate
@@ -280,6 +281,7 @@ def measure(config: dict, latent: tuple[int, ...], device: torch.device, dtype: 
             optimizer.zero_grad(set_to_none=True)
         if cuda:
             out[f"{name}_peak_bytes"] = torch.cuda.max_memory_allocated()
+            out[f"{name}_peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
             torch.cuda.empty_cache()
         return seconds
 
