@@ -289,3 +289,21 @@ def test_before_after_sheet_is_written_and_survives_a_resume(tmp_path):
     # The base model's samples are the same as those of the run's start (the LoRA starts at zero).
     assert resumed._samples["before"][1] == before_scores
     assert Image.open(sheet).size == made_in_one_go.size
+
+
+def test_weights_hash_is_computed_once_per_module(recipe, monkeypatch):
+    from trainer.engine.models import weights_hash
+
+    first = weights_hash(recipe.transformer)
+    assert first == recipe.base_model_hash
+    monkeypatch.setattr(recipe.transformer, "state_dict", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rehashed")))
+    assert weights_hash(recipe.transformer) == first
+
+
+def test_noise_is_drawn_on_the_given_device_from_the_seeding_rule():
+    from trainer import seeding
+
+    a = sample_noise(3, 1, 2, 5, (2, 3), "cpu")
+    assert torch.equal(a, seeding.normal((2, 3), 3, "noise", 1, 2, 5))
+    assert torch.equal(a, sample_noise(3, 1, 2, 5, (2, 3)))
+    assert not torch.equal(a, sample_noise(3, 1, 2, 6, (2, 3)))
