@@ -156,11 +156,11 @@ def rollout(
         lead = torch.tensor([r[1][0] for r in rows])
         sigma, sigma_next = sigmas32[j], sigmas32[j + 1]
         with torch.no_grad():
+            calls = -(-x.shape[0] // chunk) if chunk else 1
+            padding = 0 if sync_calls is None else sync_calls(calls) - calls  # before any call of this step
             v = predict_velocity(transformer, x, sigma, conditioning.rows(lead), chunk, dtype)
-            if sync_calls is not None:
-                calls = -(-x.shape[0] // chunk) if chunk else 1
-                for _ in range(sync_calls(calls) - calls):  # padding calls, results unused
-                    predict_velocity(transformer, x[:1], sigma, conditioning.rows(lead[:1]), 0, dtype)
+            for _ in range(padding):  # padding calls, results unused
+                predict_velocity(transformer, x[:1], sigma, conditioning.rows(lead[:1]), 0, dtype)
         forward_rows += x.shape[0]
         new_rows = []
         for r, (_, members) in enumerate(rows):
