@@ -279,13 +279,29 @@ def load_comfy_text_encoder(path: str | os.PathLike, dtype: torch.dtype = torch.
     ComfyUI's files (``text_encoders/umt5_xxl_fp16.safetensors`` and the fp8 ones) hold the
     transformers T5 key layout plus ``spiece_model``, the sentencepiece model as bytes: the
     tokenizer is built from it. fp8 "scaled" weights (``scale_weight`` or ``weight_scale`` per
-    layer) are de-quantised to ``dtype``. The config comes from the weights' shapes.
+    layer) are de-quantised to ``dtype`` tensor by tensor as they are read (no float32 copy of the
+    whole encoder). The config comes from the weights' shapes.
     """
     import sentencepiece as spm
-    from safetensors.torch import load_file
+    from safetensors import safe_open
     from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-    sd = load_file(str(path))
+    sd = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:  # one tensor at a time, cast as read
+        keys = set(f.keys())
+        for k in sorted(keys):
+            if k.endswith((".scale_input", ".input_scale", ".comfy_quant", ".scale_weight", ".weight_scale")) \
+                    or k == "scaled_fp8":
+                continue
+            t = f.get_tensor(k)
+            layer = k.removesuffix(".weight")
+            scale_key = next((f"{layer}.{s}" for s in ("scale_weight", "weight_scale") if f"{layer}.{s}" in keys), None)
+            if k.endswith(".weight") and scale_key is not None:
+                scale = f.get_tensor(scale_key)
+                if scale.numel() != 1:
+                    raise UserError(f"{path}: block-scaled quantisation ({scale_key}) is not supported; use umt5_xxl_fp16.")
+                t = t.to(torch.float32) * scale.to(torch.float32)
+            sd[k] = t.to(dtype) if t.is_floating_point() and k != "spiece_model" else t
     spiece = sd.pop("spiece_model", None)
     if spiece is None:
         raise UserError(
@@ -293,15 +309,6 @@ def load_comfy_text_encoder(path: str | os.PathLike, dtype: torch.dtype = torch.
             "umt5_xxl text encoder from ComfyUI's text_encoders folder, or leave the text encoder "
             "empty to use a diffusers Wan folder instead."
         )
-    for k in [k for k in sd if k.endswith((".scale_input", ".input_scale", ".comfy_quant")) or k == "scaled_fp8"]:
-        sd.pop(k)
-    for k in [k for k in sd if k.endswith((".scale_weight", ".weight_scale"))]:
-        scale = sd.pop(k)
-        layer = k.rsplit(".", 1)[0]
-        if scale.numel() != 1:
-            raise UserError(f"{path}: block-scaled quantisation ({k}) is not supported; use umt5_xxl_fp16.")
-        sd[f"{layer}.weight"] = sd[f"{layer}.weight"].to(torch.float32) * scale.to(torch.float32)
-    sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
     if "shared.weight" not in sd or "encoder.block.0.layer.0.SelfAttention.q.weight" not in sd:
         raise UserError(f"{path} is not a T5/umt5 text encoder (no 'shared.weight' / 'encoder.block.0...').")
     vocab_size, d_model = sd["shared.weight"].shape

@@ -457,7 +457,8 @@ class FlashGRPORecipe:
     @torch.no_grad()
     def sample(self, prompts: list[str], steps: int | None = None, seed: int | None = None,
                lora: bool = True) -> torch.Tensor:
-        """Deterministic ODE samples (one per prompt) as uint8 videos ``[n, T, H, W, 3]``."""
+        """Deterministic ODE samples (one per prompt) as float videos ``[n, T, H, W, 3]`` in 0..1
+        (decoded to uint8 chunk by chunk, then divided by 255)."""
         steps = steps or self.cfg.eval_sampling_steps
         seed = self.cfg.seed if seed is None else seed
         sigmas = sde_math.sigma_grid(steps, self.cfg.shift).float()
@@ -471,7 +472,7 @@ class FlashGRPORecipe:
                 self.latent_shape, lambda i, j, shape: sample_noise(seed, -1, i, j, shape, self.device),
                 device=self.device, dtype=self.dtype, chunk=self.rollout_batch,
             )
-        return self.decode(res.latents)
+        return self.decode(res.latents).float() / 255.0
 
     # ------------------------------------------------------------------------- iteration ----
     def _local_slots(self) -> range:
