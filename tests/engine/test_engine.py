@@ -307,3 +307,31 @@ def test_noise_is_drawn_on_the_given_device_from_the_seeding_rule():
     assert torch.equal(a, seeding.normal((2, 3), 3, "noise", 1, 2, 5))
     assert torch.equal(a, sample_noise(3, 1, 2, 5, (2, 3)))
     assert not torch.equal(a, sample_noise(3, 1, 2, 6, (2, 3)))
+
+
+def test_attention_backend_is_selectable_and_a_missing_one_is_refused(tmp_path):
+    from trainer.errors import UserError
+
+    native = predict(FlashGRPORecipe(tiny_cfg(tmp_path)).setup(training=False))
+    math_ = FlashGRPORecipe(tiny_cfg(tmp_path, attention_backend="_native_math")).setup(training=False)
+    assert str(math_.transformer.blocks[0].attn1.processor._attention_backend.value) == "_native_math"
+    v = [native, predict(math_)]
+    assert (v[0] - v[1]).abs().max() < 1e-5 * v[0].abs().max()
+    again = FlashGRPORecipe(tiny_cfg(tmp_path)).setup(training=False)  # back to native, process-wide too
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    assert _AttentionBackendRegistry.get_active_backend()[0].value == "native"
+    assert torch.equal(predict(again), v[0])
+    import importlib.util
+
+    if importlib.util.find_spec("sageattention") is None:
+        with pytest.raises(UserError, match="attention_backend='sage'"):
+            FlashGRPORecipe(tiny_cfg(tmp_path, attention_backend="sage")).setup(training=False)
+
+
+def predict(recipe):
+    from trainer.engine.rollout import predict_velocity
+
+    x = torch.randn(2, *recipe.latent_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return predict_velocity(recipe.transformer, x, torch.tensor(0.5), recipe.conditioning(["a", "b"]))

@@ -66,6 +66,13 @@ class FlashGRPOConfig:
                        "gradients all-reduced; 1.3B) or fsdp (weights fully sharded, bf16 compute; "
                        "needed for 14B). Ignored on one process.", ("ddp", "fsdp"))
     gradient_checkpointing: bool = _f(True, "Recompute transformer blocks in the backward pass (CUDA only).")
+    attention_backend: str = _f("native", "Attention kernel of the transformer, one of diffusers' attention backends: "
+                                "native (torch SDPA, which picks its kernel), _native_flash, _native_efficient, "
+                                "_native_cudnn, _native_math (SDPA restricted to one kernel), flash (flash-attn "
+                                "package), _flash_3 (FlashAttention 3), sage (SageAttention). A backend whose "
+                                "package or GPU is missing is refused at setup.",
+                                ("native", "_native_flash", "_native_efficient", "_native_cudnn", "_native_math",
+                                 "flash", "_flash_3", "sage"))
     vae_tiling: bool = _f(False, "Decode with diffusers' VAE tiling (enable_tiling): bounded GPU memory for "
                           "large frames; on CUDA the VAE also runs in the transformer's dtype.")
     # --- LoRA ---------------------------------------------------------------------------------

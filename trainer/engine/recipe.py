@@ -197,6 +197,7 @@ class FlashGRPORecipe:
             pipe.vae.enable_tiling()
         elif hasattr(pipe.vae, "disable_tiling"):
             pipe.vae.disable_tiling()  # a warm pipeline keeps the previous run's setting otherwise
+        self._set_attention_backend(cfg.attention_backend)
         cuda = self.device.type == "cuda"
         self.rollout_batch = cfg.resolved_batch("rollout_batch_size", cuda)
         self.micro_batch = cfg.resolved_batch("micro_batch_size", cuda)
@@ -210,6 +211,21 @@ class FlashGRPORecipe:
             self.transformer.enable_gradient_checkpointing()
         self._embeddings: dict[str, torch.Tensor] = {}
         self._samples: dict[str, tuple] = {}  # tag -> held-out (uint8 videos [N,T,H,W,3], scores), for the sheet
+
+    def _set_attention_backend(self, name: str) -> None:
+        """diffusers' attention backend ``name`` on every attention layer (skipped when already in
+        effect, so the default costs nothing); ``UserError`` when its package or device is missing."""
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        # a layer without its own backend uses diffusers' process-wide active one
+        current = self.transformer.blocks[0].attn1.processor._attention_backend
+        current = current or _AttentionBackendRegistry.get_active_backend()[0]
+        if getattr(current, "value", current) == name:
+            return
+        try:
+            self.transformer.set_attention_backend(name)
+        except (RuntimeError, ValueError, ImportError) as exc:
+            raise UserError(f"attention_backend={name!r} cannot be used here: {exc}") from exc
 
     def _setup_lora(self) -> None:
         cfg = self.cfg
