@@ -25,7 +25,9 @@ before the first update in bf16: ``log p_old`` from a no-grad rollout step in ev
 ``log p`` recomputed with gradients in train mode with checkpointing, as the recipe's first
 update does (it is exactly 1 in float32; bf16 rounding of the two passes is what this shows).
 
-An out-of-memory phase is reported as such and the others still run. Without CUDA (and without
+Last, one real recipe iteration end to end (``end_to_end``: the 24 GB preset's settings with a
+full-size transformer, 2 videos of one prompt). An out-of-memory phase is reported as such and
+the others still run. Without CUDA (and without
 ``--dry-run``) it refuses with exit status 2 and says why.
 """
 
@@ -186,6 +188,55 @@ def ratio_before_first_update(config: dict, latent: tuple, device: torch.device,
     return {"max_abs_ratio_minus_1": dev, "dtype": str(dtype).replace("torch.", "")}
 
 
+def end_to_end(dry_run: bool, device: torch.device, dtype: torch.dtype) -> dict:
+    """One real ``FlashGRPORecipe`` iteration (rollout, chunked decode to uint8, reward, update)
+    with the 24 GB preset's settings and a full-size 1.3B transformer with random weights, the
+    real VAE architecture (random weights) and a one-layer UMT5 of the real width (the text
+    encoder's size does not matter after setup); 2 videos of one prompt. A dry run uses the tiny
+    model at 9x64x64."""
+    import tempfile
+
+    from diffusers import AutoencoderKLWan, WanPipeline
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from trainer.engine.config import FlashGRPOConfig
+    from trainer.engine.models import _tiny_tokenizer, build_tiny_pipeline, make_scheduler
+    from trainer.engine.recipe import FlashGRPORecipe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        common = dict(prompts_per_iteration=1, group_size=2, eval_prompts=0, sample_videos=False, iterations=1,
+                      output_dir=tmp, run_name="e2e", prompts=["a red fox runs through snow"])
+        if dry_run:
+            cfg = FlashGRPOConfig.from_dict(common, preset="tiny_demo")
+            pipe = build_tiny_pipeline()
+        else:
+            cfg = FlashGRPOConfig.from_dict(common, preset="flash_grpo_wan2.1_1.3b_24gb")
+            tokenizer = _tiny_tokenizer()
+            torch.manual_seed(0)
+            text_encoder = UMT5EncoderModel(UMT5Config(
+                vocab_size=len(tokenizer), d_model=mp.UMT5_XXL["d_model"], d_kv=64, d_ff=256, num_layers=1,
+                num_heads=4, relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")).eval()
+            pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder,
+                               vae=AutoencoderKLWan(**mp.load_config("1.3b", "vae")).eval(),
+                               transformer=scale.build_transformer(mp.load_config("1.3b"), device, dtype,
+                                                                   lora_rank=0, checkpointing=False),
+                               scheduler=make_scheduler(cfg.shift))
+        _reset(device)
+        t0 = time.perf_counter()
+        recipe = FlashGRPORecipe(cfg, pipeline=pipe).setup()
+        setup_s = time.perf_counter() - t0
+        event = recipe.run_iteration(0)
+        out = {"settings": {k: getattr(cfg, k) for k in ("height", "width", "num_frames", "sampling_steps",
+                                                         "group_size", "micro_batch_size", "rollout_batch_size",
+                                                         "decode_batch_size", "vae_tiling")},
+               "setup_s": setup_s, "seconds": event["seconds"], "loss": event["loss"],
+               "ratio_max_dev": event["ratio_max_dev"], "reward_mean": event["reward_mean"]}
+        _cuda_peak(out, "iteration", device)
+        recipe = pipe = None
+    _reset(device)
+    return out
+
+
 def run(dry_run: bool, steps: int, text_len: int) -> dict:
     cuda = not dry_run
     device = torch.device("cuda" if cuda else "cpu")
@@ -218,6 +269,12 @@ def run(dry_run: bool, steps: int, text_len: int) -> dict:
             entry["ratio_check"] = ratio_before_first_update(config, latent, device, dtype, text_len)
         entry["seconds"] = time.perf_counter() - t0
         result["cases"].append(entry)
+    t0 = time.perf_counter()
+    try:
+        result["end_to_end"] = end_to_end(dry_run, device, dtype)
+    except torch.OutOfMemoryError as exc:
+        result["end_to_end"] = {"error": "out of memory: " + str(exc).split("\n")[0]}
+    result["end_to_end"]["wall_s"] = time.perf_counter() - t0
     result["seconds"] = time.perf_counter() - t_start
     return result
 
@@ -264,8 +321,17 @@ def table(result: dict) -> str:
         else:
             lines.append(f"| {name} | - | {sd['errors'].get(name, '')} |")
     rc = first["ratio_check"]
-    lines += ["", f"|ratio - 1| before the first update ({rc['dtype']}): {rc['max_abs_ratio_minus_1']:.2e}",
-              f"Total: {result['seconds']:.0f} s."]
+    lines += ["", f"|ratio - 1| before the first update ({rc['dtype']}): {rc['max_abs_ratio_minus_1']:.2e}"]
+    e2e = result["end_to_end"]
+    if "error" in e2e:
+        lines.append(f"End-to-end recipe iteration: {e2e['error']}")
+    else:
+        sec = e2e["seconds"]
+        lines.append(f"End-to-end recipe iteration ({e2e['settings']}): setup {e2e['setup_s']:.1f} s, rollout "
+                     f"{sec['rollout']:.1f} s, decode + reward {sec['reward']:.1f} s, update {sec['update']:.1f} s, "
+                     f"|ratio - 1| {e2e['ratio_max_dev']:.2e}, peak reserved "
+                     f"{_gib(e2e.get('iteration_peak_reserved_bytes'))} GiB.")
+    lines.append(f"Total: {result['seconds']:.0f} s.")
     return "\n".join(lines)
 
 

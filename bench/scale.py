@@ -201,9 +201,10 @@ def build_transformer(config: dict, device: torch.device, dtype: torch.dtype, lo
         if mp.keeps_fp32(name, keep):
             p.data = p.data.float()
     model.requires_grad_(False)
-    lora_lib.add_lora(model, rank=lora_rank, alpha=2 * lora_rank, init_seed=seed)
-    for _, p in lora_lib.lora_parameters(model):
-        p.data = p.data.float()
+    if lora_rank:  # 0: the plain model (a recipe puts its own LoRA on)
+        lora_lib.add_lora(model, rank=lora_rank, alpha=2 * lora_rank, init_seed=seed)
+        for _, p in lora_lib.lora_parameters(model):
+            p.data = p.data.float()
     if checkpointing:
         model.enable_gradient_checkpointing()
     return model.eval()

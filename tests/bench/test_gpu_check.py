@@ -29,3 +29,6 @@ def test_dry_run_measures_every_phase_and_writes_json(tmp_path, capsys):
     assert first["ratio_check"]["max_abs_ratio_minus_1"] < 1e-6  # float32: the ratio is exactly 1
     text = capsys.readouterr().out
     assert "| update, micro-batch 2 |" in text and "VAE decode" in text and "|ratio - 1|" in text
+    e2e = data["end_to_end"]
+    assert "error" not in e2e and e2e["seconds"]["update"] > 0 and e2e["ratio_max_dev"] < 1e-3
+    assert "End-to-end recipe iteration" in text
