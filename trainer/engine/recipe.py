@@ -186,7 +186,10 @@ class FlashGRPORecipe:
         self.transformer = pipe.transformer
         self.base_model_hash = weights_hash(self.transformer)
         self.transformer.requires_grad_(False)
-        self.transformer.to(self.device)
+        if not (self.dist.enabled and cfg.parallel == "fsdp"):
+            # FSDP moves each unit to the GPU as it shards it (``_setup_parallel``), so a rank
+            # never holds the whole unsharded transformer on its GPU.
+            self.transformer.to(self.device)
         # On CUDA the VAE decodes in the transformer's dtype (a float32 Wan VAE needs about 8 GB for
         # one 480x832x81 video); on CPU it stays float32.
         vae_dtype = self.dtype if self.device.type == "cuda" else torch.float32
