@@ -272,14 +272,14 @@ class FlashGRPORecipe:
         else:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            # No buffer broadcast: it would be a collective on every forward (no-grad ones too), and
-            # ranks make different numbers of rollout forwards unless padded (``_max_over_ranks``).
+            # No buffer broadcast: it would be a collective on every forward through the wrapper
+            # (the update's; rollouts use the plain module and make different numbers of calls).
             self.model = DDP(self.transformer, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                              broadcast_buffers=False)
 
     def _max_over_ranks(self, calls: int) -> int:
-        """The largest ``calls`` of any rank (a collective); the rollout pads its forward calls to it
-        so that FSDP's all-gathers match on every rank."""
+        """The largest ``calls`` of any rank (a collective); the FSDP rollout pads its forward calls
+        to it so that the all-gathers match on every rank."""
         return int(self.dist.all_reduce_max(torch.tensor(calls, device=self.device)))
 
     def _no_grad_sync(self, last: bool):
@@ -487,7 +487,7 @@ class FlashGRPORecipe:
         ctx = contextlib.nullcontext() if lora else lora_lib.lora_disabled(self.transformer)
         with ctx:
             res = rollout(
-                self.model, plan, sigmas, torch.zeros(steps), self.conditioning(prompts),
+                self.transformer, plan, sigmas, torch.zeros(steps), self.conditioning(prompts),
                 self.latent_shape, lambda i, j, shape: sample_noise(seed, -1, i, j, shape, self.device),
                 device=self.device, dtype=self.dtype, chunk=self.rollout_batch,
             )
@@ -521,10 +521,14 @@ class FlashGRPORecipe:
             return sample_noise(cfg.seed, it, gid, step, shape, self.device)
 
         self.transformer.eval()
+        # No-grad passes go through the plain module: with DDP that skips the wrapper (no
+        # collective at all); with FSDP it is the sharded module itself, whose all-gathers need
+        # the same number of calls on every rank (``sync_calls``).
+        fsdp = self.dist.enabled and cfg.parallel == "fsdp"
         result = rollout(
-            self.model, plan, self.sigmas, self.stds, conditioning, self.latent_shape, noise_fn,
+            self.transformer, plan, self.sigmas, self.stds, conditioning, self.latent_shape, noise_fn,
             groups=groups, device=self.device, dtype=self.dtype, chunk=self.rollout_batch,
-            sync_calls=self._max_over_ranks if self.dist.enabled else None,
+            sync_calls=self._max_over_ranks if fsdp else None,
         )
         return IterationBatch(prompts_global, prompts, local_samples, plan, conditioning, result)
 
