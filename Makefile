@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 TORCH_CUDA ?= torch>=2.4
 
-.PHONY: setup demo test bench bench-alignment clean
+.PHONY: setup demo test bench bench-alignment gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ bench: setup
 
 bench-alignment: setup
 	$(PY) -m bench.alignment
+
+# one H100/H200, under 8 minutes: seconds and peak memory per rollout step, update and VAE decode
+gpu-check: setup
+	$(PY) -m bench.gpu_check --json bench/out/gpu_check.json
 
 clean:
 	rm -rf $(VENV) runs bench/out

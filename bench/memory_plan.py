@@ -26,9 +26,10 @@ Bytes follow the engine (``trainer/engine/recipe.py``, ``trainer/engine/models.p
 * LoRA parameters, their gradients, AdamW's two moments and the EMA copy of the LoRA: float32
   (``_setup_lora`` casts the LoRA to float32; ``ema_decay`` 0.9 in the reference recipe);
 * DDP keeps gradient buckets as large as the gradients;
-* the VAE in float32 (``load_pipeline`` casts it), on the GPU for the whole run;
-* the UMT5-XXL text encoder in bf16, moved to the GPU only while prompts are encoded and back to
-  the CPU afterwards (``FlashGRPORecipe.embed``); embeddings are cached per prompt.
+* the VAE in the transformer's dtype (bf16) on CUDA (``FlashGRPORecipe._setup_model``), on the
+  GPU for the whole run;
+* the UMT5-XXL text encoder in bf16, on the GPU only while the run's prompts are encoded at setup
+  (``FlashGRPORecipe._setup_text``), then on the CPU; embeddings are cached unpadded on the CPU.
 
 Sharding: DDP holds every byte above on every GPU. FSDP full shard (``_setup_parallel``: each LoRA
 layer, each block and the root wrapped by ``fully_shard``) holds ``1/N`` of the weights, LoRA,
@@ -66,10 +67,21 @@ A trained transition goes through the transformer as ``rows = 2 * micro_batch`` 
    bytes: the float32 residual gradient, dq/dk/dv and the FFN hidden's gradient).
 
 The rollout (no gradients) needs only the working set of one block: estimated as
-``rows * N * (4 f + 12 d)`` bytes (the FFN hidden and its GELU in bf16, a few float32 residual
-copies). VAE decoding of one video happens with no transformer activations alive; its working set
-is estimated as 6 float32 feature maps of the VAE's widest full-resolution stage for one 4-frame
-chunk (the Wan VAE decodes a latent frame at a time), a rough figure.
+``rows * N * (4 f + 12 d)`` bytes with ``rows = 2 * rollout_batch_size`` (the FFN hidden and its
+GELU in bf16, a few float32 residual copies). VAE decoding happens with no transformer activations
+alive; its working set is estimated as 6 feature maps (in the VAE's dtype) of the VAE's widest
+full-resolution stage for one 4-frame chunk (the Wan VAE decodes a latent frame at a time), over
+the whole frame or, with ``vae_tiling``, over one tile of diffusers' ``AutoencoderKLWan`` (256x256
+pixels), plus the decoded videos of one ``decode_batch_size`` chunk and their uint8 copy: a rough
+figure (one 480x832x81 video decoded in float32 without tiling was measured at about 8 GB, twice
+what this formula gives; the GPU check measures it).
+
+Host RAM (``host_plan``, per process; ``x GPUs`` per machine, as every rank loads its own copy):
+while loading, the pipeline sits in host RAM (transformer in bf16, the VAE in float32, the text
+encoder in bf16) until it is moved to the GPU; afterwards the text encoder stays there, with the
+embedding cache (at most ``max_sequence_length`` rows of 4096 bf16 per prompt), one decoded chunk
+as uint8 plus a reward's float32 copy of it, and the held-out videos (uint8, before and after).
+Python, torch and the CUDA context (a few GiB) come on top.
 
 The per-GPU peak is the largest of three phases on top of what stays resident (weights, LoRA,
 gradients, optimizer states, EMA, VAE): text encoding (plus the text encoder), rollout/decoding
@@ -227,15 +239,24 @@ def activation_bytes(config: dict, latent: tuple[int, ...], rows: int = 2, text_
     }
 
 
-def vae_decode_bytes(vae: dict, height: int, width: int, chunk_frames: int = 4, maps: int = 6) -> int:
-    """Rough VAE decode working set: ``maps`` float32 full-resolution feature maps of one chunk."""
-    return maps * chunk_frames * height * width * vae["full_res_channels"] * FP32
+VAE_TILE = 256
+"""Pixels per side of one tile of diffusers' ``AutoencoderKLWan.enable_tiling`` (its default)."""
+
+
+def vae_decode_bytes(vae: dict, height: int, width: int, chunk_frames: int = 4, maps: int = 6,
+                     dtype_bytes: int = FP32, tiling: bool = False) -> int:
+    """Rough VAE decode working set: ``maps`` full-resolution feature maps of one chunk, over the
+    frame or one tile."""
+    if tiling:
+        height, width = min(height, VAE_TILE), min(width, VAE_TILE)
+    return maps * chunk_frames * height * width * vae["full_res_channels"] * dtype_bytes
 
 
 # ------------------------------------------------------------------------------- plan ----
 def plan(model: str, gpus: int, parallel: str, frames: int = 81, height: int = 480, width: int = 832,
          micro_batch: int = 1, text_len: int = 512, lora_rank: int = 16, lora_ffn: bool = False,
-         ema: bool = True, gpu_gib: float = 78.0) -> dict:
+         ema: bool = True, gpu_gib: float = 78.0, rollout_batch: int = 1, decode_batch: int = 1,
+         vae_tiling: bool = False, vae_bytes: int = BF16) -> dict:
     """Per-GPU bytes of every item for ``model`` on ``gpus`` GPUs with ``parallel`` ("ddp"/"fsdp").
 
     One GPU is the same for both (the engine wraps nothing on one process). Returns a dict with
@@ -245,6 +266,8 @@ def plan(model: str, gpus: int, parallel: str, frames: int = 81, height: int = 4
     tf, vae, te_params = model_counts(model, lora_rank, lora_ffn), vae_summary(model), text_encoder_params()
     latent = latent_shape(config, frames, height, width)
     act = activation_bytes(config, latent, 2 * micro_batch, text_len, lora_rank)
+    rollout_act = activation_bytes(config, latent, 2 * rollout_batch, text_len, lora_rank)
+    decoded = decode_batch * 3 * frames * height * width * (vae_bytes + 1)  # VAE output + its uint8 copy
     shard = gpus if (parallel == "fsdp" and gpus > 1) else 1
     lora = tf["lora_params"] * FP32
     items = {
@@ -254,18 +277,19 @@ def plan(model: str, gpus: int, parallel: str, frames: int = 81, height: int = 4
         "DDP grad buckets": lora if (parallel == "ddp" and gpus > 1) else 0,
         "AdamW states (fp32, 2x)": 2 * lora / shard,
         "EMA of LoRA (fp32)": lora / shard if ema else 0,
-        "VAE (fp32)": vae["params"] * FP32,
+        "VAE weights": vae["params"] * vae_bytes,
         "text encoder (bf16, encoding only)": te_params * BF16,
         "gathered params (FSDP: 2 blocks + root)": (2 * tf["block_bytes"] + tf["root_bytes"]) if shard > 1 else 0,
         "checkpointed block inputs": act["checkpoint_inputs"],
         "one block recomputed": act["block_saved"],
         "backward transient": act["backward_transient"],
-        "rollout working set": act["rollout_transient"],
-        "VAE decode working set (rough)": vae_decode_bytes(vae, height, width),
+        "rollout working set": rollout_act["rollout_transient"],
+        "VAE decode working set (rough)": vae_decode_bytes(vae, height, width, dtype_bytes=vae_bytes,
+                                                           tiling=vae_tiling) + decoded,
     }
     resident = sum(items[k] for k in ("base weights (bf16)", "LoRA params (fp32)", "LoRA grads (fp32)",
                                       "DDP grad buckets", "AdamW states (fp32, 2x)", "EMA of LoRA (fp32)",
-                                      "VAE (fp32)"))
+                                      "VAE weights"))
     gathered = items["gathered params (FSDP: 2 blocks + root)"]
     phases = {
         "text encoding": resident + items["text encoder (bf16, encoding only)"],
@@ -282,8 +306,82 @@ def plan(model: str, gpus: int, parallel: str, frames: int = 81, height: int = 4
         "text_encoder_params": te_params, "vae_params": vae["params"], "tokens": act["tokens"],
         "rows": 2 * micro_batch, "latent": list(latent),
         "settings": dict(frames=frames, height=height, width=width, micro_batch=micro_batch,
-                         text_len=text_len, lora_rank=lora_rank, lora_ffn=lora_ffn, ema=ema),
+                         text_len=text_len, lora_rank=lora_rank, lora_ffn=lora_ffn, ema=ema,
+                         rollout_batch=rollout_batch, decode_batch=decode_batch, vae_tiling=vae_tiling),
     }
+
+
+def host_plan(model: str, frames: int = 81, height: int = 480, width: int = 832, text_len: int = 512,
+              prompts: int = 1000, decode_batch: int = 1, eval_prompts: int = 2, processes: int = 1) -> dict:
+    """Host RAM of one process (module docstring) and of ``processes`` processes on one machine."""
+    tf, vae, te_params = model_counts(model), vae_summary(model), text_encoder_params()
+    video = 3 * frames * height * width  # one uint8 video
+    items = {
+        "transformer while loading (bf16)": tf["weight_bytes"],
+        "VAE while loading (fp32)": vae["params"] * FP32,
+        "text encoder (bf16, stays on the CPU)": te_params * BF16,
+        f"embedding cache ({prompts} prompts, <= {text_len} tokens)": prompts * text_len * UMT5_XXL["d_model"] * BF16,
+        "decoded chunk (uint8) + a reward's float32 copy": decode_batch * video * (1 + FP32),
+        f"held-out videos (uint8, {eval_prompts} before + after)": 2 * eval_prompts * video,
+    }
+    keys = list(items)
+    loading = sum(items[k] for k in keys[:3])
+    running = sum(items[k] for k in keys[2:])
+    peak = max(loading, running)
+    return {"items": items, "phases": {"loading": loading, "training": running}, "peak": peak,
+            "processes": processes, "machine_peak": peak * processes}
+
+
+PRESET_GPU_GIB = {"flash_grpo_wan2.1_1.3b": 78.0, "flow_grpo_wan2.1_1.3b": 78.0,
+                  "flash_grpo_wan2.1_1.3b_24gb": 22.0}
+"""Memory each CUDA preset may use per GPU: an 80 GB card leaves about 78 GiB to tensors, a 24 GB
+card about 22 GiB."""
+
+
+def preset_plans(prompts: int = 1000) -> list[dict]:
+    """``plan`` (1 GPU) and ``host_plan`` with each CUDA preset's own settings."""
+    from trainer.engine.config import FlashGRPOConfig
+    from trainer.engine.presets import PRESETS
+
+    out = []
+    for name, budget in PRESET_GPU_GIB.items():
+        cfg = FlashGRPOConfig.from_dict({}, preset=name)
+        assert PRESETS[name].get("device") == "cuda", name
+        size = dict(frames=cfg.num_frames, height=cfg.height, width=cfg.width)
+        p = plan("1.3b", 1, "ddp", **size, micro_batch=cfg.resolved_batch("micro_batch_size", True),
+                 text_len=cfg.max_sequence_length, lora_rank=cfg.lora_rank, lora_ffn=cfg.lora_ffn,
+                 ema=cfg.ema_decay > 0, gpu_gib=budget,
+                 rollout_batch=cfg.resolved_batch("rollout_batch_size", True),
+                 decode_batch=cfg.decode_batch_size, vae_tiling=cfg.vae_tiling)
+        p["preset"] = name
+        p["host"] = host_plan("1.3b", **size, text_len=cfg.max_sequence_length, prompts=prompts,
+                              decode_batch=cfg.decode_batch_size, eval_prompts=cfg.eval_prompts)
+        out.append(p)
+    return out
+
+
+def preset_table(plans: list[dict]) -> str:
+    """GPU and host GiB of each CUDA preset, one column per preset."""
+    def gib(x):
+        return "-" if x == 0 else f"{x / GIB:.2f}"
+
+    lines = ["| GiB | " + " | ".join(f"`{p['preset']}`" for p in plans) + " |", "|---|" + "---:|" * len(plans)]
+    keys = ("frames", "height", "width", "micro_batch", "rollout_batch", "decode_batch", "vae_tiling")
+    lines.append("| settings | " + " | ".join(
+        ", ".join(f"{k}={p['settings'][k]}" for k in keys) for p in plans) + " |")
+    for phase in plans[0]["phases"]:
+        lines.append(f"| GPU peak: {phase} | " + " | ".join(gib(p["phases"][phase]) for p in plans) + " |")
+    lines.append("| **GPU peak** | " + " | ".join(f"**{p['peak'] / GIB:.1f}**" for p in plans) + " |")
+    lines.append("| GPU budget | " + " | ".join(f"{p['gpu_gib']:g}" for p in plans) + " |")
+    lines.append("| fits? | " + " | ".join(verdict(p) for p in plans) + " |")
+    for item in plans[0]["host"]["items"]:
+        lines.append(f"| host: {item} | " + " | ".join(gib(p["host"]["items"][item]) for p in plans) + " |")
+    for phase in plans[0]["host"]["phases"]:
+        lines.append(f"| host peak: {phase} | " + " | ".join(gib(p["host"]["phases"][phase]) for p in plans) + " |")
+    lines.append("| **host peak per process** | " + " | ".join(f"**{p['host']['peak'] / GIB:.1f}**" for p in plans) + " |")
+    lines.append("| host peak, 8 processes on one machine | " + " | ".join(
+        f"{8 * p['host']['peak'] / GIB:.1f}" for p in plans) + " |")
+    return "\n".join(lines)
 
 
 SETUPS = [(1, "ddp"), (8, "ddp"), (8, "fsdp")]
@@ -353,8 +451,11 @@ def main(argv=None) -> int:
                       text_len=args.text_len, lora_rank=args.lora_rank, lora_ffn=args.lora_ffn,
                       gpu_gib=args.gpu_gib)
     print(markdown_table(plans))
+    presets = preset_plans()
+    print("\nCUDA presets (1 GPU, each with its own size and batch settings; host RAM per process):\n")
+    print(preset_table(presets))
     if args.json:
-        Path(args.json).write_text(json.dumps(plans, indent=2))
+        Path(args.json).write_text(json.dumps({"setups": plans, "presets": presets}, indent=2))
     return 0
 
 

@@ -201,9 +201,10 @@ def build_transformer(config: dict, device: torch.device, dtype: torch.dtype, lo
         if mp.keeps_fp32(name, keep):
             p.data = p.data.float()
     model.requires_grad_(False)
-    lora_lib.add_lora(model, rank=lora_rank, alpha=2 * lora_rank, init_seed=seed)
-    for _, p in lora_lib.lora_parameters(model):
-        p.data = p.data.float()
+    if lora_rank:  # 0: the plain model (a recipe puts its own LoRA on)
+        lora_lib.add_lora(model, rank=lora_rank, alpha=2 * lora_rank, init_seed=seed)
+        for _, p in lora_lib.lora_parameters(model):
+            p.data = p.data.float()
     if checkpointing:
         model.enable_gradient_checkpointing()
     return model.eval()
@@ -235,7 +236,8 @@ def measure(config: dict, latent: tuple[int, ...], device: torch.device, dtype: 
     """Time one rollout step and one update (module docstring); peak memory on CUDA.
 
     Returns seconds (``rollout_step_s``, ``update_s``; None when out of memory), peak bytes per
-    phase on CUDA (``*_peak_bytes``), ``weights_bytes`` and ``errors`` (phase -> message).
+    phase on CUDA (``*_peak_bytes`` allocated, ``*_peak_reserved_bytes`` reserved by the caching
+    allocator), ``weights_bytes`` and ``errors`` (phase -> message).
     """
     from trainer.algo import sde as sde_math
     from trainer.algo.grpo import clipped_surrogate
@@ -280,6 +282,7 @@ def measure(config: dict, latent: tuple[int, ...], device: torch.device, dtype: 
             optimizer.zero_grad(set_to_none=True)
         if cuda:
             out[f"{name}_peak_bytes"] = torch.cuda.max_memory_allocated()
+            out[f"{name}_peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
             torch.cuda.empty_cache()
         return seconds
 

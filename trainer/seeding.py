@@ -4,8 +4,10 @@
                                "flash-grpo-seed/v1" + the keys' canonical encoding, masked to 63 bits
 
 where ``seed`` and each key is an ``int`` (encoded ``i<decimal>``, negatives allowed) or a ``str``
-(encoded ``s<length>:<text>``), joined by ``0x1f``. ``generator(seed, *keys)`` is a CPU
-``torch.Generator`` seeded with it. The streams a run uses (the first key names the purpose):
+(encoded ``s<length>:<text>``), joined by ``0x1f``. ``generator(seed, *keys)`` is a
+``torch.Generator`` seeded with it (on CPU unless a device is given: the noise of a run on CUDA
+is drawn on the GPU, whose generator gives other numbers than the CPU's for the same seed, so a
+run repeats exactly on the same kind of device). The streams a run uses (the first key names the purpose):
 
 * ``("plan", iteration)``: the strategy's step plan of an iteration (``k`` per group, DanceGRPO's
   trained steps);
@@ -52,11 +54,12 @@ def derive_seed(seed: int, *keys: int | str) -> int:
     return int.from_bytes(h.digest(), "little") & (2**63 - 1)
 
 
-def generator(seed: int, *keys: int | str) -> torch.Generator:
-    """A CPU generator for the stream ``(seed, *keys)``."""
-    return torch.Generator().manual_seed(derive_seed(seed, *keys))
+def generator(seed: int, *keys: int | str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` (CPU by default) for the stream ``(seed, *keys)``."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, *keys))
 
 
-def normal(shape: tuple, seed: int, *keys: int | str) -> torch.Tensor:
-    """Standard normal float32 noise of ``shape`` from the stream ``(seed, *keys)``, on CPU."""
-    return torch.randn(shape, generator=generator(seed, *keys))
+def normal(shape: tuple, seed: int, *keys: int | str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal float32 noise of ``shape`` from the stream ``(seed, *keys)``, drawn on
+    ``device`` (CPU by default)."""
+    return torch.randn(shape, generator=generator(seed, *keys, device=device), device=device)

@@ -147,3 +147,26 @@ def test_without_cuda_prints_plan_and_exits_zero(monkeypatch, capsys, tmp_path):
     data = json.loads(out.read_text())
     assert data["measured"] is None and data["flops"]["update"]["forward"] > 0 and data["memory_plan"]
     assert data["latent"] == [16, 21, 60, 104] and data["tokens"] == 21 * 30 * 52
+
+
+def test_memory_plan_of_the_cuda_presets_on_gpu_and_host():
+    plans = {p["preset"]: p for p in mp.preset_plans()}
+    small = plans["flash_grpo_wan2.1_1.3b_24gb"]
+    assert small["gpu_gib"] == 22.0 and small["fits"] and small["peak"] < 22 * mp.GIB
+    assert small["settings"]["micro_batch"] == 1 and small["settings"]["vae_tiling"]
+    full = plans["flash_grpo_wan2.1_1.3b"]
+    assert full["fits"] and full["settings"]["micro_batch"] == 2  # the plan says 2 fits 78 GiB
+    # two transitions per call double the activations of the update, not the resident bytes
+    one = mp.plan("1.3b", 1, "ddp", micro_batch=1)
+    assert full["phases"]["update"] > one["phases"]["update"]
+    for p in plans.values():
+        host = p["host"]
+        te = mp.text_encoder_params() * mp.BF16
+        assert host["peak"] >= te + mp.model_counts("1.3b")["weight_bytes"]  # loading: all on the CPU
+        assert host["items"]["decoded chunk (uint8) + a reward's float32 copy"] == 5 * 3 * (
+            p["settings"]["frames"] * p["settings"]["height"] * p["settings"]["width"])
+    # tiling bounds the VAE's working set by its tile, whatever the frame size
+    vae = mp.vae_summary("1.3b")
+    assert mp.vae_decode_bytes(vae, 480, 832, tiling=True) == mp.vae_decode_bytes(vae, 256, 256)
+    table = mp.preset_table(list(plans.values()))
+    assert "`flash_grpo_wan2.1_1.3b_24gb`" in table and "host peak per process" in table

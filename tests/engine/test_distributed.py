@@ -59,3 +59,16 @@ def test_resume_on_another_number_of_processes(single):
     cfg = out / "switch" / "config.json"
     resumed = _train(out, "switch", 1, "--config", str(cfg), "--iterations", "4", "--resume", str(out / "switch"))
     assert _max_diff(one, resumed) < TOL
+
+
+@pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
+def test_shared_noise_and_micro_batches_finish_with_the_lora_of_one_process(tmp_path, parallel):
+    """Shared noise makes ranks hold different numbers of rollout rows per step (a group splits at
+    its own k). With one trajectory per forward the FSDP rollout pads its calls to the same count
+    on every rank, or the all-gathers would hang (the first version did); DDP's rollout goes
+    through the plain module, without collectives. The padding calls change no number."""
+    extra = ["--iterations", "2", "--shared-noise", "true", "--rollout-batch-size", "1", "--micro-batch-size", "1",
+             "--decode-batch-size", "3"]
+    one = _train(tmp_path, "one", 1, *extra)
+    two = _train(tmp_path, "two", 2, *extra, "--parallel", parallel)
+    assert _max_diff(one, two) < TOL

@@ -213,18 +213,60 @@ def test_pass_counts(tmp_path):
     assert shared["rollout"] < flash["rollout"]
 
 
-def test_decode_gives_videos_in_unit_range(recipe):
-    videos = recipe.decode(torch.randn(2, *recipe.latent_shape))
-    assert videos.shape == (2, 9, 64, 64, 3)
-    assert videos.min() >= 0 and videos.max() <= 1
+def test_decode_gives_uint8_videos_by_the_reference_formula_in_any_chunking(recipe):
+    latents = torch.randn(3, *recipe.latent_shape, generator=torch.Generator().manual_seed(0))
+    videos = recipe.decode(latents)
+    assert videos.dtype == torch.uint8 and videos.shape == (3, 9, 64, 64, 3)
+    vae = recipe.pipe.vae
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        x = vae.decode(latents * std + mean, return_dict=False)[0].permute(0, 2, 3, 4, 1)
+    ref = (((x + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8)
+    assert (videos.int() - ref.int()).abs().max() <= 1  # float rounding at a .5 boundary at most
+    recipe.cfg.decode_batch_size = 2
+    assert [c.shape[0] for c in recipe.decode_chunks(latents)] == [2, 1]
+    assert (recipe.decode(latents).int() - videos.int()).abs().max() <= 1
 
 
-def test_embeddings_are_cached_per_prompt(recipe):
-    recipe.embed(["a", "b"])
-    n = len(recipe._embeddings)
+def test_chunked_scoring_equals_scoring_all_videos(recipe):
+    latents = torch.randn(3, *recipe.latent_shape, generator=torch.Generator().manual_seed(1))
+    prompts = ["a", "b", "c"]
+    whole = recipe.reward_fn(recipe.decode(latents), prompts)
+    chunked = recipe.score_latents(latents, prompts)
+    assert torch.allclose(chunked.scores, whole.scores, atol=1e-6)
+    assert chunked.details.keys() == whole.details.keys()
+
+
+def test_embeddings_are_cached_unpadded_and_padded_like_diffusers(recipe):
     e = recipe.embed(["b", "a", "a"])
-    assert len(recipe._embeddings) == n and e.shape[0] == 3
-    assert torch.equal(e[1], e[2])
+    assert e.shape[0] == 3 and torch.equal(e[1], e[2])
+    L = recipe.cfg.max_sequence_length
+    ref, _ = recipe.pipe.encode_prompt(["a", "b"], do_classifier_free_guidance=False, max_sequence_length=L)
+    assert torch.allclose(e[1], ref[0], atol=1e-6) and torch.allclose(e[0], ref[1], atol=1e-6)
+    cached = recipe._embeddings["a"]
+    assert cached.shape[0] < L and cached.abs().sum(dim=1).gt(0).all()  # no padding rows kept
+    # every prompt of the run was encoded at setup (training, held-out, negative)
+    assert {*recipe.prompts.train, recipe.cfg.negative_prompt} <= set(recipe._embeddings)
+
+
+def test_rollout_pads_its_forward_calls_to_the_largest_count_of_any_rank(recipe):
+    calls = []
+    plan = StepPlan(sde=torch.zeros(3, 4, dtype=torch.bool), train=torch.zeros(3, 4, dtype=torch.bool),
+                    group_steps=None)
+    model = recipe.transformer
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return model(*a, **kw)
+
+    counting.parameters = model.parameters
+    cond = recipe.conditioning(["a", "b", "c"])
+    sigmas = recipe.sigmas[:5].clone()
+    sigmas[-1] = 0.0
+    rollout(counting, plan, sigmas, torch.zeros(4), cond, recipe.latent_shape,
+            lambda i, j, shape: sample_noise(0, 0, i, j, shape), chunk=2, sync_calls=lambda n: n + 3)
+    assert len(calls) == 4 * (2 + 3)  # 2 calls of <= 2 rows per step, padded by 3
 
 
 def test_before_after_sheet_is_written_and_survives_a_resume(tmp_path):
@@ -247,3 +289,49 @@ def test_before_after_sheet_is_written_and_survives_a_resume(tmp_path):
     # The base model's samples are the same as those of the run's start (the LoRA starts at zero).
     assert resumed._samples["before"][1] == before_scores
     assert Image.open(sheet).size == made_in_one_go.size
+
+
+def test_weights_hash_is_computed_once_per_module(recipe, monkeypatch):
+    from trainer.engine.models import weights_hash
+
+    first = weights_hash(recipe.transformer)
+    assert first == recipe.base_model_hash
+    monkeypatch.setattr(recipe.transformer, "state_dict", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rehashed")))
+    assert weights_hash(recipe.transformer) == first
+
+
+def test_noise_is_drawn_on_the_given_device_from_the_seeding_rule():
+    from trainer import seeding
+
+    a = sample_noise(3, 1, 2, 5, (2, 3), "cpu")
+    assert torch.equal(a, seeding.normal((2, 3), 3, "noise", 1, 2, 5))
+    assert torch.equal(a, sample_noise(3, 1, 2, 5, (2, 3)))
+    assert not torch.equal(a, sample_noise(3, 1, 2, 6, (2, 3)))
+
+
+def test_attention_backend_is_selectable_and_a_missing_one_is_refused(tmp_path):
+    from trainer.errors import UserError
+
+    native = predict(FlashGRPORecipe(tiny_cfg(tmp_path)).setup(training=False))
+    math_ = FlashGRPORecipe(tiny_cfg(tmp_path, attention_backend="_native_math")).setup(training=False)
+    assert str(math_.transformer.blocks[0].attn1.processor._attention_backend.value) == "_native_math"
+    v = [native, predict(math_)]
+    assert (v[0] - v[1]).abs().max() < 1e-5 * v[0].abs().max()
+    again = FlashGRPORecipe(tiny_cfg(tmp_path)).setup(training=False)  # back to native, process-wide too
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    assert _AttentionBackendRegistry.get_active_backend()[0].value == "native"
+    assert torch.equal(predict(again), v[0])
+    import importlib.util
+
+    if importlib.util.find_spec("sageattention") is None:
+        with pytest.raises(UserError, match="attention_backend='sage'"):
+            FlashGRPORecipe(tiny_cfg(tmp_path, attention_backend="sage")).setup(training=False)
+
+
+def predict(recipe):
+    from trainer.engine.rollout import predict_velocity
+
+    x = torch.randn(2, *recipe.latent_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return predict_velocity(recipe.transformer, x, torch.tensor(0.5), recipe.conditioning(["a", "b"]))

@@ -66,6 +66,15 @@ class FlashGRPOConfig:
                        "gradients all-reduced; 1.3B) or fsdp (weights fully sharded, bf16 compute; "
                        "needed for 14B). Ignored on one process.", ("ddp", "fsdp"))
     gradient_checkpointing: bool = _f(True, "Recompute transformer blocks in the backward pass (CUDA only).")
+    attention_backend: str = _f("native", "Attention kernel of the transformer, one of diffusers' attention backends: "
+                                "native (torch SDPA, which picks its kernel), _native_flash, _native_efficient, "
+                                "_native_cudnn, _native_math (SDPA restricted to one kernel), flash (flash-attn "
+                                "package), _flash_3 (FlashAttention 3), sage (SageAttention). A backend whose "
+                                "package or GPU is missing is refused at setup.",
+                                ("native", "_native_flash", "_native_efficient", "_native_cudnn", "_native_math",
+                                 "flash", "_flash_3", "sage"))
+    vae_tiling: bool = _f(False, "Decode with diffusers' VAE tiling (enable_tiling): bounded GPU memory for "
+                          "large frames; on CUDA the VAE also runs in the transformer's dtype.")
     # --- LoRA ---------------------------------------------------------------------------------
     lora_rank: int = _f(16, "LoRA rank r.")
     lora_alpha: float = _f(32.0, "LoRA alpha (scale alpha/r).")
@@ -117,7 +126,12 @@ class FlashGRPOConfig:
     adam_betas: list = _f([0.9, 0.999], "AdamW betas.")
     max_grad_norm: float = _f(1.0, "Gradient-norm clip (0 = off).")
     updates_per_iteration: int = _f(1, "Optimizer steps per iteration (the batch is split into this many minibatches).")
-    micro_batch_size: int = _f(0, "Transitions per forward/backward in the update (0 = whole minibatch).")
+    micro_batch_size: int = _f(0, "Transitions per forward/backward in the update (each is 2 rows with CFG). "
+                               "0 = auto: the whole minibatch on CPU, 1 on CUDA.")
+    rollout_batch_size: int = _f(0, "Trajectories per transformer forward in the rollout and when sampling "
+                                 "(each is 2 rows with CFG). 0 = auto: all at once on CPU, 1 on CUDA.")
+    decode_batch_size: int = _f(1, "Videos per VAE decode. Each chunk is turned into uint8 and scored before "
+                                "the next is decoded: only scores are kept (videos only for the held-out prompts).")
     ema_decay: float = _f(0.9, "EMA decay of the LoRA weights (0 = off). The exported LoRA is the EMA when on.")
     # --- rewards ------------------------------------------------------------------------------
     rewards: list = _f([{"name": "brightness", "weight": 1.0}],
@@ -149,6 +163,12 @@ class FlashGRPOConfig:
     def resolved_rectification(self) -> bool:
         return self.strategy_impl().rectification if self.rectification is None else bool(self.rectification)
 
+    def resolved_batch(self, name: str, cuda: bool) -> int:
+        """``rollout_batch_size`` or ``micro_batch_size`` with 0 (auto) resolved: 0 (all at once)
+        on CPU, 1 on CUDA."""
+        value = getattr(self, name)
+        return value if value else (1 if cuda else 0)
+
     def resolved_window(self) -> tuple[int, int]:
         end = self.sampling_steps // 2 if self.window_end is None else self.window_end
         return self.window_start, max(end, self.window_start + 1)
@@ -178,6 +198,8 @@ class FlashGRPOConfig:
         need(self.iterations >= 1, f"iterations={self.iterations}: must be >= 1")
         need(self.updates_per_iteration >= 1, f"updates_per_iteration={self.updates_per_iteration}: must be >= 1")
         need(self.micro_batch_size >= 0, f"micro_batch_size={self.micro_batch_size}: must be >= 0")
+        need(self.rollout_batch_size >= 0, f"rollout_batch_size={self.rollout_batch_size}: must be >= 0")
+        need(self.decode_batch_size >= 1, f"decode_batch_size={self.decode_batch_size}: must be >= 1")
         need(0.0 <= self.ema_decay < 1.0, f"ema_decay={self.ema_decay}: must be in [0, 1)")
         need(self.clip_range > 0, f"clip_range={self.clip_range}: must be > 0")
         need(self.advantage_clip > 0, f"advantage_clip={self.advantage_clip}: must be > 0")

@@ -41,6 +41,12 @@ class Dist:
             tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
         return tensor
 
+    def all_reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            tensor = tensor.clone()
+            tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
+        return tensor
+
     def barrier(self) -> None:
         if self.enabled:
             tdist.barrier()

@@ -169,8 +169,12 @@ def weights_hash(module: torch.nn.Module) -> str:
     """A short sha256 over a module's parameter names, shapes and values (the base-model id).
 
     Stored in the LoRA metadata so a LoRA can be matched to the exact weights it was trained on.
-    LoRA parameters are skipped and peft's ``base_layer`` wrapping is ignored.
+    LoRA parameters are skipped and peft's ``base_layer`` wrapping is ignored. Computed once per
+    module object (the base weights are frozen; a warm pipeline reuses the value).
     """
+    cached = module.__dict__.get("_flash_grpo_weights_hash")
+    if cached is not None:
+        return cached
     h = hashlib.sha256()
     # peft wraps a layer that has (or had) a LoRA: ``to_q.weight`` becomes ``to_q.base_layer.weight``.
     # Hash the plain names, so a warm model reused after a LoRA run hashes as it did before.
@@ -179,7 +183,8 @@ def weights_hash(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    module.__dict__["_flash_grpo_weights_hash"] = h.hexdigest()[:16]
+    return module.__dict__["_flash_grpo_weights_hash"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,13 +279,29 @@ def load_comfy_text_encoder(path: str | os.PathLike, dtype: torch.dtype = torch.
     ComfyUI's files (``text_encoders/umt5_xxl_fp16.safetensors`` and the fp8 ones) hold the
     transformers T5 key layout plus ``spiece_model``, the sentencepiece model as bytes: the
     tokenizer is built from it. fp8 "scaled" weights (``scale_weight`` or ``weight_scale`` per
-    layer) are de-quantised to ``dtype``. The config comes from the weights' shapes.
+    layer) are de-quantised to ``dtype`` tensor by tensor as they are read (no float32 copy of the
+    whole encoder). The config comes from the weights' shapes.
     """
     import sentencepiece as spm
-    from safetensors.torch import load_file
+    from safetensors import safe_open
     from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-    sd = load_file(str(path))
+    sd = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:  # one tensor at a time, cast as read
+        keys = set(f.keys())
+        for k in sorted(keys):
+            if k.endswith((".scale_input", ".input_scale", ".comfy_quant", ".scale_weight", ".weight_scale")) \
+                    or k == "scaled_fp8":
+                continue
+            t = f.get_tensor(k)
+            layer = k.removesuffix(".weight")
+            scale_key = next((f"{layer}.{s}" for s in ("scale_weight", "weight_scale") if f"{layer}.{s}" in keys), None)
+            if k.endswith(".weight") and scale_key is not None:
+                scale = f.get_tensor(scale_key)
+                if scale.numel() != 1:
+                    raise UserError(f"{path}: block-scaled quantisation ({scale_key}) is not supported; use umt5_xxl_fp16.")
+                t = t.to(torch.float32) * scale.to(torch.float32)
+            sd[k] = t.to(dtype) if t.is_floating_point() and k != "spiece_model" else t
     spiece = sd.pop("spiece_model", None)
     if spiece is None:
         raise UserError(
@@ -288,15 +309,6 @@ def load_comfy_text_encoder(path: str | os.PathLike, dtype: torch.dtype = torch.
             "umt5_xxl text encoder from ComfyUI's text_encoders folder, or leave the text encoder "
             "empty to use a diffusers Wan folder instead."
         )
-    for k in [k for k in sd if k.endswith((".scale_input", ".input_scale", ".comfy_quant")) or k == "scaled_fp8"]:
-        sd.pop(k)
-    for k in [k for k in sd if k.endswith((".scale_weight", ".weight_scale"))]:
-        scale = sd.pop(k)
-        layer = k.rsplit(".", 1)[0]
-        if scale.numel() != 1:
-            raise UserError(f"{path}: block-scaled quantisation ({k}) is not supported; use umt5_xxl_fp16.")
-        sd[f"{layer}.weight"] = sd[f"{layer}.weight"].to(torch.float32) * scale.to(torch.float32)
-    sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
     if "shared.weight" not in sd or "encoder.block.0.layer.0.SelfAttention.q.weight" not in sd:
         raise UserError(f"{path} is not a T5/umt5 text encoder (no 'shared.weight' / 'encoder.block.0...').")
     vocab_size, d_model = sd["shared.weight"].shape
@@ -321,6 +333,66 @@ def load_comfy_text_encoder(path: str | os.PathLike, dtype: torch.dtype = torch.
     return tokenizer, model.eval()
 
 
+_FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+
+def load_wan_transformer_file(path: str | os.PathLike, config_dir: str | os.PathLike,
+                              dtype: torch.dtype = torch.float32):
+    """A ``WanTransformer3DModel`` from a ComfyUI/original-format file, equal to what
+    ``from_pretrained(..., torch_dtype=dtype)`` gives for the same weights in a diffusers folder.
+
+    * Keys with a ``model.diffusion_model.`` or ``diffusion_model.`` prefix are accepted.
+    * The modules diffusers keeps in float32 (``_keep_in_fp32_modules``: norms, rope,
+      ``time_embedder``, ``scale_shift_table``) stay float32, everything else becomes ``dtype``
+      (diffusers' own ``from_single_file`` casts them to ``dtype`` as well).
+    * fp8 "scaled" files: a weight with a per-tensor ``scale_weight`` is de-quantised
+      (``weight.float() * scale``); block or row scales are refused with a ``UserError``.
+    * Tensors are read one at a time from the file; the model is built on the meta device, so no
+      float32 copy of the whole model is ever made.
+
+    ``config_dir`` holds ``transformer/config.json``.
+    """
+    from diffusers import WanTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    from safetensors import safe_open
+
+    config = WanTransformer3DModel.load_config(str(config_dir), subfolder="transformer", local_files_only=True)
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config(config)
+    keep = model._keep_in_fp32_modules or []
+    sd = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        keys = set(f.keys())
+        for key in sorted(keys):
+            name = next((key[len(p):] for p in _COMFY_PREFIXES if key.startswith(p)), key)
+            if name == "scaled_fp8" or name.endswith((".scale_weight", ".scale_input", ".input_scale")):
+                continue
+            t = f.get_tensor(key)
+            scale_key = key.removesuffix(".weight") + ".scale_weight"
+            if key.endswith(".weight") and scale_key in keys:
+                scale = f.get_tensor(scale_key)
+                if scale.numel() != 1:
+                    raise UserError(
+                        f"{path}: {scale_key} holds {scale.numel()} scales (block- or row-scaled fp8); only "
+                        "per-tensor scaled fp8 files are supported. Use the fp16/bf16 file instead.")
+                t = t.to(torch.float32) * scale.to(torch.float32)
+            elif t.dtype in _FP8_DTYPES and not key.endswith(".weight"):
+                raise UserError(f"{path}: {key} is fp8 without a scale; use the fp16/bf16 file instead.")
+            sd[name] = t
+    sd = convert_wan_transformer_to_diffusers(sd)
+    for name, t in sd.items():
+        if t.is_floating_point():
+            sd[name] = t.to(torch.float32 if any(m in name.split(".") for m in keep) else dtype)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit a Wan2.1 transformer with the config in {config_dir}: "
+                        f"missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    # non-persistent buffers (the rotary tables) are not in the file: rebuild them off the meta device
+    rope = model.rope
+    model.rope = type(rope)(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
+    return model.eval()
+
+
 def _load_component_folder(cls, folder: Path, dtype):
     return cls.from_pretrained(str(folder), torch_dtype=dtype)
 
@@ -341,7 +413,7 @@ def load_comfy_files(transformer_path: str | os.PathLike, vae_path: str | os.Pat
     """
     import tempfile
 
-    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, WanPipeline
 
     transformer_path, vae_path = Path(transformer_path), Path(vae_path)
     for what, p in (("diffusion model", transformer_path), ("VAE", vae_path), ("text encoder", text_encoder_path)):
@@ -361,10 +433,7 @@ def load_comfy_files(transformer_path: str | os.PathLike, vae_path: str | os.Pat
                 (config_dir / "transformer" / "config.json").write_text(json.dumps(inferred))
         config_dir = Path(config_dir)
         try:
-            transformer = WanTransformer3DModel.from_single_file(
-                str(transformer_path), config=str(config_dir), subfolder="transformer", torch_dtype=dtype,
-                local_files_only=True,
-            )
+            transformer = load_wan_transformer_file(transformer_path, config_dir, dtype)
         except UserError:
             raise
         except Exception as exc:

@@ -39,6 +39,7 @@ from ..algo import sde as sde_math
 from ..algo.grpo import clipped_surrogate, group_advantages, kl_to_reference
 from ..errors import UserError
 from ..rewards import build_reward_set
+from ..rewards.base import RewardOutput, as_uint8
 from . import lora as lora_lib
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FlashGRPOConfig
@@ -56,15 +57,28 @@ class Cancelled(Exception):
     """Raised inside an iteration when ``should_stop`` turned true; the iteration is discarded."""
 
 
-def sample_noise(seed: int, iteration: int, sample: int, step: int, shape: tuple) -> torch.Tensor:
+def sample_noise(seed: int, iteration: int, sample: int, step: int, shape: tuple,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
     """Standard normal noise of a global sample: the stream ``(seed, "noise", iteration, sample,
-    step)`` of ``trainer.seeding`` (``step = -1``: the initial noise), drawn on CPU."""
-    return seeding.normal(shape, seed, "noise", iteration, sample, step)
+    step)`` of ``trainer.seeding`` (``step = -1``: the initial noise), drawn on ``device``."""
+    return seeding.normal(shape, seed, "noise", iteration, sample, step, device=device)
 
 
 def _as_uint8(videos: torch.Tensor):
-    """Float videos in 0..1 (CPU) as a uint8 numpy array, for mp4 and PNG files."""
-    return (videos.numpy() * 255).round().astype("uint8")
+    """Videos (uint8, or float in 0..1) on CPU as a uint8 numpy array, for mp4 and PNG files."""
+    return as_uint8(videos).numpy()
+
+
+def vae_to_uint8(video: torch.Tensor, frames_per_slice: int = 16) -> torch.Tensor:
+    """VAE output ``[n, 3, T, H, W]`` in -1..1 (any dtype) as uint8 ``[n, T, H, W, 3]`` on the same
+    device: ``round(255 * clamp((x + 1) / 2, 0, 1))`` in float32, ``frames_per_slice`` frames at a
+    time so that no float32 copy of the whole video exists."""
+    n, _, T, H, W = video.shape
+    out = torch.empty((n, T, H, W, 3), dtype=torch.uint8, device=video.device)
+    for t in range(0, T, frames_per_slice):
+        x = video[:, :, t:t + frames_per_slice].float().permute(0, 2, 3, 4, 1)
+        out[:, t:t + frames_per_slice] = ((x + 1.0) / 2.0).clamp(0, 1).mul(255.0).round().to(torch.uint8)
+    return out
 
 
 def resolve_device_and_dtype(cfg: FlashGRPOConfig) -> tuple[bool, torch.dtype]:
@@ -150,6 +164,7 @@ class FlashGRPORecipe:
         self._setup_parallel()
         self._setup_rewards()
         self._setup_data()
+        self._setup_text()
         self._setup_schedule()
         if training:
             self._setup_optimizer()
@@ -171,8 +186,24 @@ class FlashGRPORecipe:
         self.transformer = pipe.transformer
         self.base_model_hash = weights_hash(self.transformer)
         self.transformer.requires_grad_(False)
-        self.transformer.to(self.device)
+        if not (self.dist.enabled and cfg.parallel == "fsdp"):
+            # FSDP moves each unit to the GPU as it shards it (``_setup_parallel``), so a rank
+            # never holds the whole unsharded transformer on its GPU.
+            self.transformer.to(self.device)
+        # On CUDA the VAE decodes in the transformer's dtype (a float32 Wan VAE needs about 8 GB for
+        # one 480x832x81 video); on CPU it stays float32.
+        vae_dtype = self.dtype if self.device.type == "cuda" else torch.float32
         pipe.vae.to(self.device).eval()
+        if pipe.vae.dtype != vae_dtype:
+            pipe.vae.to(vae_dtype)
+        if cfg.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
+            pipe.vae.enable_tiling()
+        elif hasattr(pipe.vae, "disable_tiling"):
+            pipe.vae.disable_tiling()  # a warm pipeline keeps the previous run's setting otherwise
+        self._set_attention_backend(cfg.attention_backend)
+        cuda = self.device.type == "cuda"
+        self.rollout_batch = cfg.resolved_batch("rollout_batch_size", cuda)
+        self.micro_batch = cfg.resolved_batch("micro_batch_size", cuda)
         self.latent_shape = (
             self.transformer.config.in_channels,
             (cfg.num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
@@ -183,6 +214,21 @@ class FlashGRPORecipe:
             self.transformer.enable_gradient_checkpointing()
         self._embeddings: dict[str, torch.Tensor] = {}
         self._samples: dict[str, tuple] = {}  # tag -> held-out (uint8 videos [N,T,H,W,3], scores), for the sheet
+
+    def _set_attention_backend(self, name: str) -> None:
+        """diffusers' attention backend ``name`` on every attention layer (skipped when already in
+        effect, so the default costs nothing); ``UserError`` when its package or device is missing."""
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        # a layer without its own backend uses diffusers' process-wide active one
+        current = self.transformer.blocks[0].attn1.processor._attention_backend
+        current = current or _AttentionBackendRegistry.get_active_backend()[0]
+        if getattr(current, "value", current) == name:
+            return
+        try:
+            self.transformer.set_attention_backend(name)
+        except (RuntimeError, ValueError, ImportError) as exc:
+            raise UserError(f"attention_backend={name!r} cannot be used here: {exc}") from exc
 
     def _setup_lora(self) -> None:
         cfg = self.cfg
@@ -226,7 +272,15 @@ class FlashGRPORecipe:
         else:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.model = DDP(self.transformer, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # No buffer broadcast: it would be a collective on every forward through the wrapper
+            # (the update's; rollouts use the plain module and make different numbers of calls).
+            self.model = DDP(self.transformer, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                             broadcast_buffers=False)
+
+    def _max_over_ranks(self, calls: int) -> int:
+        """The largest ``calls`` of any rank (a collective); the FSDP rollout pads its forward calls
+        to it so that the all-gathers match on every rank."""
+        return int(self.dist.all_reduce_max(torch.tensor(calls, device=self.device)))
 
     def _no_grad_sync(self, last: bool):
         """Skip the gradient all-reduce on all but the last micro-batch of an optimizer step."""
@@ -334,23 +388,42 @@ class FlashGRPORecipe:
             self.events.truncate_after(self.start_iteration - 1)
             self.events.write({"event": "resume", "iteration": self.start_iteration})
 
+    def _setup_text(self) -> None:
+        """Encode every prompt of the run (training, held-out, negative) once, then leave the text
+        encoder on the CPU: on CUDA it visits the GPU only for this one batch."""
+        self.embed([*self.prompts.train, *self.prompts.eval, self.cfg.negative_prompt])
+
     # ------------------------------------------------------------------------ components ----
     def embed(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings ``[n, L, D]`` (cut at each prompt's length, zero-padded), cached per prompt."""
+        """Text embeddings ``[n, L, D]``: each prompt's embedding cut at its token count, zero-padded
+        to ``max_sequence_length`` (as diffusers' ``WanPipeline.encode_prompt`` does).
+
+        The cache keeps the unpadded rows (``[tokens, D]`` per prompt, in the model dtype, on CPU);
+        prompts not seen at setup are encoded on demand, the encoder moving to the GPU and back.
+        """
         missing = sorted({p for p in prompts if p not in self._embeddings})
         if missing:
-            te = self.pipe.text_encoder
+            from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+            pipe, L = self.pipe, self.cfg.max_sequence_length
+            te = pipe.text_encoder
             with torch.no_grad():
                 te.to(self.device)
-                emb, _ = self.pipe.encode_prompt(
-                    missing, do_classifier_free_guidance=False,
-                    max_sequence_length=self.cfg.max_sequence_length, device=self.device,
-                )
+                for lo in range(0, len(missing), 16):  # bounded batches: 16 padded [L, D] at a time
+                    part = missing[lo:lo + 16]
+                    emb, _ = pipe.encode_prompt(part, do_classifier_free_guidance=False,
+                                                max_sequence_length=L, device=self.device)
+                    lengths = pipe.tokenizer([prompt_clean(p) for p in part], padding="max_length", max_length=L,
+                                             truncation=True, return_tensors="pt").attention_mask.sum(dim=1)
+                    for p, e, n in zip(part, emb, lengths.tolist()):
+                        self._embeddings[p] = e[:n].detach().to("cpu", self.dtype).clone()
                 if self.device.type == "cuda":
                     te.to("cpu")
-            for p, e in zip(missing, emb):
-                self._embeddings[p] = e.detach().to("cpu", self.dtype)
-        return torch.stack([self._embeddings[p] for p in prompts]).to(self.device)
+        L = self.cfg.max_sequence_length
+        out = torch.zeros((len(prompts), L, self._embeddings[prompts[0]].shape[-1]), dtype=self.dtype)
+        for i, p in enumerate(prompts):
+            out[i, : self._embeddings[p].shape[0]] = self._embeddings[p]
+        return out.to(self.device)
 
     def conditioning(self, prompts: list[str]) -> Conditioning:
         cond = self.embed(prompts)
@@ -360,20 +433,29 @@ class FlashGRPORecipe:
         return Conditioning(cond, uncond, self.cfg.guidance_scale)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents ``[N, C, F, h, w]`` to videos ``[N, T, H, W, 3]`` float in 0..1.
-
-        Decodes in chunks of ``micro_batch_size`` videos (all at once when 0).
-        """
+    def decode_chunks(self, latents: torch.Tensor):
+        """Yield uint8 videos ``[n, T, H, W, 3]`` on CPU, ``decode_batch_size`` at a time, for
+        latents ``[N, C, F, h, w]``; each chunk is decoded only when the previous one was taken."""
         vae = self.pipe.vae
         mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
-        out = []
-        for z in latents.split(self.cfg.micro_batch_size or latents.shape[0]):
+        for z in latents.split(self.cfg.decode_batch_size):
             z = z.float() * std + mean
-            video = vae.decode(z.to(vae.dtype), return_dict=False)[0].float()  # [n, 3, T, H, W] in -1..1
-            out.append(((video.permute(0, 2, 3, 4, 1) + 1.0) / 2.0).clamp(0, 1).cpu())
-        return torch.cat(out)
+            video = vae.decode(z.to(vae.dtype), return_dict=False)[0]  # [n, 3, T, H, W] in -1..1
+            yield vae_to_uint8(video).cpu()
+            del video
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[N, C, F, h, w]`` to uint8 videos ``[N, T, H, W, 3]`` on CPU (all kept)."""
+        return torch.cat(list(self.decode_chunks(latents)))
+
+    def score_latents(self, latents: torch.Tensor, prompts: list[str]) -> RewardOutput:
+        """Decode and score chunk by chunk: only the scores are kept, never all the videos."""
+        outputs, start = [], 0
+        for videos in self.decode_chunks(latents):
+            outputs.append(self.reward_fn(videos, prompts[start:start + videos.shape[0]]))
+            start += videos.shape[0]
+        return RewardOutput.concat(outputs)
 
     @contextlib.contextmanager
     def ema_weights(self):
@@ -394,7 +476,8 @@ class FlashGRPORecipe:
     @torch.no_grad()
     def sample(self, prompts: list[str], steps: int | None = None, seed: int | None = None,
                lora: bool = True) -> torch.Tensor:
-        """Deterministic ODE samples (one per prompt) as float videos ``[n, T, H, W, 3]``."""
+        """Deterministic ODE samples (one per prompt) as float videos ``[n, T, H, W, 3]`` in 0..1
+        (decoded to uint8 chunk by chunk, then divided by 255)."""
         steps = steps or self.cfg.eval_sampling_steps
         seed = self.cfg.seed if seed is None else seed
         sigmas = sde_math.sigma_grid(steps, self.cfg.shift).float()
@@ -404,11 +487,11 @@ class FlashGRPORecipe:
         ctx = contextlib.nullcontext() if lora else lora_lib.lora_disabled(self.transformer)
         with ctx:
             res = rollout(
-                self.model, plan, sigmas, torch.zeros(steps), self.conditioning(prompts),
-                self.latent_shape, lambda i, j, shape: sample_noise(seed, -1, i, j, shape),
-                device=self.device, dtype=self.dtype, chunk=self.cfg.micro_batch_size,
+                self.transformer, plan, sigmas, torch.zeros(steps), self.conditioning(prompts),
+                self.latent_shape, lambda i, j, shape: sample_noise(seed, -1, i, j, shape, self.device),
+                device=self.device, dtype=self.dtype, chunk=self.rollout_batch,
             )
-        return self.decode(res.latents)
+        return self.decode(res.latents).float() / 255.0
 
     # ------------------------------------------------------------------------- iteration ----
     def _local_slots(self) -> range:
@@ -435,12 +518,17 @@ class FlashGRPORecipe:
             gid = int(local_samples[i])
             if step < 0 and groups is not None:
                 gid = gid - gid % G  # shared initial noise: the group's first sample's
-            return sample_noise(cfg.seed, it, gid, step, shape)
+            return sample_noise(cfg.seed, it, gid, step, shape, self.device)
 
         self.transformer.eval()
+        # No-grad passes go through the plain module: with DDP that skips the wrapper (no
+        # collective at all); with FSDP it is the sharded module itself, whose all-gathers need
+        # the same number of calls on every rank (``sync_calls``).
+        fsdp = self.dist.enabled and cfg.parallel == "fsdp"
         result = rollout(
-            self.model, plan, self.sigmas, self.stds, conditioning, self.latent_shape, noise_fn,
-            groups=groups, device=self.device, dtype=self.dtype, chunk=cfg.micro_batch_size,
+            self.transformer, plan, self.sigmas, self.stds, conditioning, self.latent_shape, noise_fn,
+            groups=groups, device=self.device, dtype=self.dtype, chunk=self.rollout_batch,
+            sync_calls=self._max_over_ranks if fsdp else None,
         )
         return IterationBatch(prompts_global, prompts, local_samples, plan, conditioning, result)
 
@@ -456,8 +544,7 @@ class FlashGRPORecipe:
         if should_stop():
             raise Cancelled()
 
-        videos = self.decode(result.latents)
-        scored = self.reward_fn(videos, prompts)
+        scored = self.score_latents(result.latents, prompts)
         rewards_global = self.dist.all_gather_cat(scored.scores.to(self.device)).cpu()
         details_global = {k: self.dist.all_gather_cat(v.to(self.device)).cpu() for k, v in scored.details.items()}
         group_ids = torch.arange(B).repeat_interleave(G)
@@ -519,7 +606,7 @@ class FlashGRPORecipe:
         for mb in minibatches:
             n_global = float(self.dist.all_reduce_sum(torch.tensor(float(mb.numel()), device=self.device)))
             self.optimizer.zero_grad(set_to_none=True)
-            micro = cfg.micro_batch_size or mb.numel()
+            micro = self.micro_batch or mb.numel()
             chunks = list(mb.split(micro))
             for ci, chunk in enumerate(chunks):
                 with self._no_grad_sync(last=ci == len(chunks) - 1):

@@ -118,6 +118,7 @@ def rollout(
     device: torch.device = torch.device("cpu"),  # noqa: B008 - an immutable value
     dtype: torch.dtype = torch.float32,
     chunk: int = 0,
+    sync_calls=None,
 ) -> RolloutResult:
     """Sample ``N`` trajectories following ``plan`` and record the trained transitions.
 
@@ -131,6 +132,10 @@ def rollout(
             do not depend on batch layout or process count.
         groups: ``[N]`` group id per sample when the initial noise is shared inside a group
             (rows of one group start as one trajectory); ``None`` for independent noise.
+        chunk: trajectories per transformer call (0 = all rows of a step in one call).
+        sync_calls: on several processes, ``sync_calls(calls)`` returns the most transformer calls
+            any process makes at this step; the missing ones are made on one row and discarded,
+            so that every process makes the same number of calls (FSDP all-gathers per call).
     """
     n, T = plan.sde.shape
     sigmas32 = sigmas.to(torch.float32)
@@ -151,7 +156,11 @@ def rollout(
         lead = torch.tensor([r[1][0] for r in rows])
         sigma, sigma_next = sigmas32[j], sigmas32[j + 1]
         with torch.no_grad():
+            calls = -(-x.shape[0] // chunk) if chunk else 1
+            padding = 0 if sync_calls is None else sync_calls(calls) - calls  # before any call of this step
             v = predict_velocity(transformer, x, sigma, conditioning.rows(lead), chunk, dtype)
+            for _ in range(padding):  # padding calls, results unused
+                predict_velocity(transformer, x[:1], sigma, conditioning.rows(lead[:1]), 0, dtype)
         forward_rows += x.shape[0]
         new_rows = []
         for r, (_, members) in enumerate(rows):

@@ -207,6 +207,19 @@ class RewardOutput:
     details: dict[str, torch.Tensor] = field(default_factory=dict)
     readings: list[dict] | None = None
 
+    @staticmethod
+    def concat(outputs: Sequence["RewardOutput"]) -> "RewardOutput":
+        """The outputs of consecutive chunks of videos joined in order (readings kept only when
+        every chunk has them)."""
+        if not outputs:
+            return RewardOutput(torch.zeros(0, dtype=torch.float32), {})
+        readings = None
+        if all(o.readings is not None for o in outputs):
+            readings = [r for o in outputs for r in o.readings]
+        return RewardOutput(torch.cat([o.scores for o in outputs]),
+                            {k: torch.cat([o.details[k] for o in outputs]) for k in outputs[0].details},
+                            readings)
+
 
 def _as_score_vector(value: Any, n: int, what: str) -> torch.Tensor:
     """``value`` as a float32 CPU vector of length ``n`` (programming errors raise ValueError)."""

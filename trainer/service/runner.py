@@ -161,9 +161,9 @@ class LocalRunner:
                                          "eval_prompts": 0, "prompts_per_iteration": len(prompts)})
         recipe = FlashGRPORecipe(cfg, pipeline=self.warm_pipeline(cfg)).setup(training=False)
         batch = recipe.rollout_phase(iteration, prompts_global=prompts)
-        videos = recipe.decode(batch.result.latents)
+        videos = recipe.decode(batch.result.latents)  # uint8
         # each process decoded its own groups; rank order is prompt order
-        videos = recipe.dist.all_gather_cat(videos.to(recipe.device)).cpu()
+        videos = recipe.dist.all_gather_cat((videos.float() / 255.0).to(recipe.device)).cpu()
         return SampleResult(videos=videos, steps=batch.plan.group_steps,
                             prompts=[p for p in prompts for _ in range(cfg.group_size)], seed=cfg.seed)
 
