@@ -19,6 +19,8 @@ Test and debugging switches:
     Use gloo instead of NCCL on a CUDA machine.
 ``FLASH_GRPO_TEST_DISABLE_GRAD_SYNC=1``
     DDP never all-reduces gradients (a negative control: ranks must then drift apart).
+``FLASH_GRPO_TEST_FAULT_PROMPT=TEXT``
+    A backend job with this prompt fails with an internal error (tests of the backend's recovery).
 
 Where jobs run (in this process or in the backend) is not an environment variable: it is chosen
 once by the entry point (``python -m trainer.run --in-process``) and carried by the host's runner.
@@ -36,6 +38,7 @@ BACKEND_TOKEN_ENV = "FLASH_GRPO_BACKEND_TOKEN"
 REWARD_TOKEN_ENV = "FLASH_GRPO_REWARD_TOKEN"
 DIST_BACKEND_ENV = "FLASH_GRPO_DIST_BACKEND"
 NO_GRAD_SYNC_ENV = "FLASH_GRPO_TEST_DISABLE_GRAD_SYNC"
+TEST_FAULT_ENV = "FLASH_GRPO_TEST_FAULT_PROMPT"
 
 DEFAULT_STATE_DIR = "~/.cache/flash_grpo/backend"
 
@@ -65,3 +68,7 @@ def force_gloo() -> bool:
 
 def grad_sync_disabled() -> bool:
     return os.environ.get(NO_GRAD_SYNC_ENV) == "1"
+
+
+def test_fault_prompt() -> str | None:
+    return os.environ.get(TEST_FAULT_ENV) or None

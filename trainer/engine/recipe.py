@@ -332,7 +332,6 @@ class FlashGRPORecipe:
         self.start_iteration = int(state["iteration"])
         if self.dist.is_main:
             self.events.truncate_after(self.start_iteration - 1)
-            self.events.write({"event": "resume", "iteration": self.start_iteration})
 
     # ------------------------------------------------------------------------ components ----
     def embed(self, prompts: list[str]) -> torch.Tensor:
@@ -664,6 +663,8 @@ class FlashGRPORecipe:
             before = self._write_samples("before")
             emit({"event": "start", "run_dir": str(self.run_dir), "iterations": cfg.iterations,
                   "strategy": cfg.strategy, "before": before, "base_model_hash": self.base_model_hash})
+        else:
+            emit({"event": "resume", "iteration": self.start_iteration, "run_dir": str(self.run_dir)})
         done = self.start_iteration
         cancelled = False
         for it in range(self.start_iteration, cfg.iterations):

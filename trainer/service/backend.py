@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .. import settings
 from ..engine.config import FlashGRPOConfig
 from ..engine.distributed import init_distributed
 from ..errors import UserError
@@ -118,12 +119,91 @@ class Job:
 
 
 JOB_KINDS = ("train", "sample", "score")
+JOB_FIELDS = {  # field -> required, per job kind
+    "train": {"config": True, "resume": False},
+    "sample": {"config": True, "prompts": True, "iteration": False},
+    "score": {"rewards": True, "videos": True, "prompts": True, "group_size": True, "std_mode": False, "clip": False},
+}
+STD_MODES = ("group", "global")
+
+
+class BadRequest(UserError):
+    """A request the backend refuses before queueing it (HTTP 400); the message names the field."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _prompt_list(body: dict) -> list:
+    prompts = body["prompts"]
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise BadRequest("prompts: must be a non-empty list of strings")
+    return prompts
+
+
+def check_job(body) -> tuple[str, dict]:
+    """``(kind, payload)`` of a POST /jobs body, checked against its kind's fields before it is
+    queued; ``BadRequest`` names the first wrong field. Checks what can be checked without the
+    model: field types, the config (``FlashGRPOConfig.from_dict``), the video array's size."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object with a 'kind' field, not a JSON {type(body).__name__}")
+    body = dict(body)
+    kind = body.pop("kind", None)
+    if kind not in JOB_KINDS:
+        raise BadRequest(f"kind: must be train, sample or score, not {kind!r}")
+    fields = JOB_FIELDS[kind]
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise BadRequest(f"{unknown[0]}: not a field of a {kind} job (fields: {', '.join(fields)})")
+    missing = [k for k, required in fields.items() if required and k not in body]
+    if missing:
+        raise BadRequest(f"{missing[0]}: missing (a {kind} job needs {', '.join(k for k, r in fields.items() if r)})")
+    if "config" in body:
+        if not isinstance(body["config"], dict):
+            raise BadRequest(f"config: must be a JSON object of config fields, not a JSON {type(body['config']).__name__}")
+        try:
+            FlashGRPOConfig.from_dict(body["config"])
+        except UserError as e:
+            raise BadRequest(f"config: {e}") from None
+    if "resume" in body and not isinstance(body["resume"], bool):
+        raise BadRequest(f"resume: must be true or false, not {body['resume']!r}")
+    if "iteration" in body and not (_is_int(body["iteration"]) and body["iteration"] >= 0):
+        raise BadRequest(f"iteration: must be an integer >= 0, not {body['iteration']!r}")
+    if "prompts" in body:
+        _prompt_list(body)
+    if kind == "score":
+        rewards = body["rewards"]
+        if not isinstance(rewards, list) or not rewards or not all(isinstance(r, (str, dict)) for r in rewards):
+            raise BadRequest('rewards: must be a non-empty list of reward names or {"name": ...} objects')
+        try:
+            videos = decode_array(body["videos"])
+        except UserError as e:
+            raise BadRequest(f"videos: {e} (expected "
+                             '{"shape": [N, T, H, W, 3], "dtype": "uint8" or "float32", "data": base64 bytes '
+                             "of exactly that shape})") from None
+        if videos.ndim != 5 or videos.shape[-1] != 3:
+            raise BadRequest(f"videos: shape {list(videos.shape)} is not [N, T, H, W, 3]")
+        n, group_size = videos.shape[0], body["group_size"]
+        if len(body["prompts"]) != n:
+            raise BadRequest(f"prompts: {len(body['prompts'])} prompts for {n} videos; give one prompt per video")
+        if not _is_int(group_size) or group_size < 1 or n % group_size:
+            raise BadRequest(f"group_size: {group_size!r} must be a positive integer that divides the {n} videos")
+        if body.get("std_mode", "group") not in STD_MODES:
+            raise BadRequest(f"std_mode: must be one of {', '.join(STD_MODES)}, not {body['std_mode']!r}")
+        clip = body.get("clip", 5.0)
+        if not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0:
+            raise BadRequest(f"clip: must be a number > 0, not {clip!r}")
+    return kind, body
 
 
 def execute(command: dict, runner: LocalRunner, should_stop, on_event) -> dict | None:
     """Run one command on this rank (every rank runs it) with this rank's ``runner``.
     Returns rank 0's JSON result."""
     op = command["op"]
+    fault = settings.test_fault_prompt()
+    if fault and fault in command.get("prompts", ()):
+        raise RuntimeError(f"test fault: prompt {fault!r} ({settings.TEST_FAULT_ENV})")
     if op == "train":
         cfg = FlashGRPOConfig.from_dict(command["config"])
         try:
@@ -188,11 +268,20 @@ class Backend:
                 job.finish("cancelled" if cancelled else "done", result=result)
             except UserError as e:
                 job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e), "user_error": True})
-            except Exception as e:  # noqa: BLE001 - reported to the client, then the backend stops
-                write_rank_error(self.state_dir, 0, e)
-                job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e)})
-                self.shutdown.set()
-                raise
+            except Exception as e:  # noqa: BLE001 - an internal error: reported to the client
+                # On one process only this job fails; the model is reloaded for the next one.
+                # With several, the other ranks may wait in a collective: the group stops.
+                fatal = self.control.enabled
+                traceback.print_exc()
+                if fatal:
+                    write_rank_error(self.state_dir, 0, e)
+                job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e), "fatal": fatal})
+                if fatal:
+                    self.shutdown.set()
+                    raise
+                self.runner.drop_warm_pipeline()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             finally:
                 self.current = None
                 self.last_activity = time.time()
@@ -218,12 +307,13 @@ class Backend:
         async def submit(request):
             try:
                 body = await request.json()
-            except json.JSONDecodeError:
-                return web.json_response({"error": "body is not JSON"}, status=400)
-            kind = body.pop("kind", None)
-            if kind not in JOB_KINDS:
-                return web.json_response({"error": f"kind must be train, sample or score, not {kind!r}"}, status=400)
-            job = Job(kind, body)
+            except ValueError:  # not JSON, or not UTF-8
+                return web.json_response({"error": "the body is not JSON"}, status=400)
+            try:
+                kind, payload = check_job(body)
+            except BadRequest as e:
+                return web.json_response({"error": str(e)}, status=400)
+            job = Job(kind, payload)
             self.jobs[job.id] = job
             self.queue.put(job)
             return web.json_response({"job_id": job.id})
@@ -241,8 +331,14 @@ class Backend:
             import asyncio
 
             job = find(request)
-            after = int(request.query.get("after", 0))
-            wait = min(float(request.query.get("wait", 0)), 30.0)
+            try:
+                after = int(request.query.get("after", 0))
+                wait = min(float(request.query.get("wait", 0)), 30.0)
+                if after < 0 or not wait >= 0:
+                    raise ValueError
+            except ValueError:
+                return web.json_response({"error": "after must be an integer >= 0 and wait a number of seconds >= 0"},
+                                         status=400)
             deadline = time.time() + wait
             while len(job.events) <= after and job.state in ("queued", "running") and time.time() < deadline:
                 await asyncio.sleep(0.1)

@@ -72,11 +72,12 @@ class BackendClient:
     def health(self) -> dict:
         return self.request("GET", "/health", timeout=5.0)
 
-    def diagnose(self, what: str) -> str:
+    def diagnose(self, what: str, run_dir: str | None = None) -> str:
         """Explain a lost backend: which rank failed and why, from torchrun's log and error files.
 
         A rank killed by a signal shows only in torchrun's log; the ranks that then failed in a
-        collective wrote error files. Deaths are listed first: they are the cause.
+        collective wrote error files. Deaths are listed first: they are the cause. ``run_dir``:
+        the run the job was training, if it had started one (the resume hint names it).
         """
         parts = [what]
         directory = self.directory or state_dir()
@@ -97,7 +98,8 @@ class BackendClient:
                 parts.append(f"rank {info['rank']} failed: {cause}: {info['message'][:300]}")
             except (OSError, ValueError, KeyError):
                 continue
-        parts.append("Checkpoints written so far are intact; resume the run. The next request starts a fresh backend.")
+        hint = resume_hint(run_dir)
+        parts.append(f"{hint + ' ' if hint else ''}The next request starts a fresh backend.")
         return "\n".join(parts)
 
     def wait_for_exit(self, timeout: float = 30.0) -> None:
@@ -117,13 +119,14 @@ class BackendClient:
     def run_job(self, kind: str, payload: dict, on_event: Callable[[dict], None] = lambda e: None,
                 should_stop: Callable[[], bool] = lambda: False, job_id: str | None = None) -> dict:
         """Submit (or re-attach to ``job_id``) and follow a job to its end; return its result."""
+        run: dict = {}  # the run directory, once the job's "start" or "resume" event names it
         try:
-            return self._follow(kind, payload, on_event, should_stop, job_id)
+            return self._follow(kind, payload, on_event, should_stop, job_id, run)
         except BackendUnreachable as e:
             self.wait_for_exit()
-            raise BackendError(self.diagnose(f"lost the backend during the job: {e}")) from None
+            raise BackendError(self.diagnose(f"lost the backend during the job: {e}", run.get("dir"))) from None
 
-    def _follow(self, kind, payload, on_event, should_stop, job_id):
+    def _follow(self, kind, payload, on_event, should_stop, job_id, run):
         if job_id is None:
             job_id = self.request("POST", "/jobs", {"kind": kind, **payload})["job_id"]
         seen, cancel_sent = 0, False
@@ -133,6 +136,8 @@ class BackendClient:
                 cancel_sent = True
             reply = self.request("GET", f"/jobs/{job_id}/events?after={seen}&wait=2", timeout=40.0)
             for event in reply["events"]:
+                if event.get("run_dir"):
+                    run["dir"] = event["run_dir"]
                 try:
                     on_event(event)
                 except BaseException:
@@ -148,9 +153,16 @@ class BackendClient:
                 message = err.get("message", "unknown error")
                 if err.get("user_error"):
                     raise UserError(message)
+                cause = f"{err.get('type')}: {message[:300]}"
+                if err.get("fatal") is False:  # only this job failed; the backend serves on
+                    hint = resume_hint(run.get("dir"))
+                    log = (self.directory or state_dir()) / "backend.log"
+                    raise BackendError(f"the {kind} job failed in the backend (internal error: {cause}); the "
+                                       f"backend is still up and its traceback is in {log}."
+                                       + (f" {hint}" if hint else ""))
                 self.wait_for_exit()
                 raise BackendError(self.diagnose(
-                    f"the backend failed during the job (rank {err.get('rank')}: {err.get('type')}: {message[:300]})"))
+                    f"the backend failed during the job (rank {err.get('rank')}: {cause})", run.get("dir")))
 
     def _cancel_and_wait(self, job_id: str, timeout: float = 600.0) -> None:
         """Cancel ``job_id`` and wait until it has ended (its checkpoint written); best effort."""
@@ -176,6 +188,13 @@ class BackendClient:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGTERM)
+
+
+def resume_hint(run_dir: str | None) -> str:
+    """"Checkpoints ... resume" when ``run_dir`` holds a checkpoint, else nothing to say."""
+    if run_dir and (Path(run_dir) / "checkpoints" / "latest.pt").is_file():
+        return f"Checkpoints written so far are intact in {run_dir}; resume the run."
+    return ""
 
 
 def _read_state(directory: Path) -> dict | None:
