@@ -26,7 +26,7 @@ from .errors import UserError
 def build_config(args: argparse.Namespace) -> FlashGRPOConfig:
     values = {}
     if args.config:
-        path = Path(args.config)
+        path = Path(args.config).expanduser().absolute()
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         try:
@@ -34,7 +34,7 @@ def build_config(args: argparse.Namespace) -> FlashGRPOConfig:
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not valid JSON: {e}") from None
     values.update(cli_overrides(args))
-    return FlashGRPOConfig.from_dict(values, preset=args.preset)
+    return FlashGRPOConfig.from_dict(values, preset=args.preset).with_absolute_paths()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,11 +13,14 @@ import argparse
 import dataclasses
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..algo.sde import NOISE_SCHEDULES as NOISE_SCHEDULE_NAMES
 from ..errors import UserError
+from .models import TINY_MODEL, TOY_MODEL
 from .presets import PRESETS
 from .strategies import DEFAULT_STRATEGY, STRATEGIES, get_strategy
 
@@ -198,6 +201,23 @@ class FlashGRPOConfig:
         if problems:
             raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
         return self
+
+    def with_absolute_paths(self, base: str | Path | None = None) -> "FlashGRPOConfig":
+        """A copy whose paths (``prompt_file``, ``output_dir``, a ``model`` folder or file) are
+        absolute: ``~`` expanded, a relative path joined to ``base`` (default: the working
+        directory). Clients apply it before a config leaves the user's process, so the backend
+        reads and writes where the user expects."""
+        base = Path.cwd() if base is None else Path(base)
+
+        def absolute(path: str) -> str:
+            return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
+
+        changes = {"output_dir": absolute(self.output_dir)}
+        if self.prompt_file:
+            changes["prompt_file"] = absolute(self.prompt_file)
+        if self.model not in (TINY_MODEL, TOY_MODEL):
+            changes["model"] = absolute(self.model)
+        return dataclasses.replace(self, **changes)
 
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

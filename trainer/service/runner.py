@@ -185,7 +185,8 @@ class BackendRunner:
         return self._client
 
     def train(self, cfg, resume=False, should_stop=lambda: False, on_event=lambda e: None) -> RunResult:
-        out = self.connection().run_job("train", {"config": cfg.to_dict(), "resume": resume},
+        # the backend runs in another folder: paths go as the user meant them, absolute
+        out = self.connection().run_job("train", {"config": cfg.with_absolute_paths().to_dict(), "resume": resume},
                                         on_event=on_event, should_stop=should_stop)
         result = RunResult(Path(out["run_dir"]), Path(out["lora_path"]) if out.get("lora_path") else None,
                            out["iterations_done"], out["cancelled"], out.get("summary", {}))
@@ -194,7 +195,7 @@ class BackendRunner:
         return result
 
     def sample(self, cfg, prompts, iteration=0) -> SampleResult:
-        out = self.connection().run_job("sample", {"config": cfg.to_dict(), "prompts": list(prompts),
+        out = self.connection().run_job("sample", {"config": cfg.with_absolute_paths().to_dict(), "prompts": list(prompts),
                                                    "iteration": int(iteration)})
         videos = decode_array(out["videos"]).float() / 255.0  # travels as uint8
         return SampleResult(videos=videos, steps=out["steps"], prompts=out["prompts"], seed=out["seed"])
