@@ -43,6 +43,12 @@ def _strategy_help() -> dict[str, str]:
 _HELP = _strategy_help()
 
 
+def did_you_mean(name: str, names: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``names``, or nothing when none is close."""
+    close = difflib.get_close_matches(name, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _f(default, help: str, choices: tuple | None = None, **kw):
     meta = {"help": help}
     if choices:
@@ -189,8 +195,11 @@ class FlashGRPOConfig:
         need(self.noise_level is None or self.noise_level > 0, f"noise_level={self.noise_level}: must be > 0 or null")
         need(0 < self.timestep_fraction <= 1, f"timestep_fraction={self.timestep_fraction}: must be in (0, 1]")
         need(0 < self.dance_train_fraction <= 1, f"dance_train_fraction={self.dance_train_fraction}: must be in (0, 1]")
-        need(1 <= self.mix_window_size <= self.sampling_steps, f"mix_window_size={self.mix_window_size}: must be in [1, sampling_steps]")
-        need(self.mix_shift_every >= 1, f"mix_shift_every={self.mix_shift_every}: must be >= 1")
+        if self.strategy == "mixgrpo":  # its own fields, checked only where they apply
+            need(1 <= self.mix_window_size <= self.sampling_steps,
+                 f"mix_window_size={self.mix_window_size}: must be in [1, sampling_steps ({self.sampling_steps})]")
+            need(self.mix_shift_every >= 1, f"mix_shift_every={self.mix_shift_every}: must be >= 1")
+        need(self.max_sequence_length >= 1, f"max_sequence_length={self.max_sequence_length}: must be >= 1")
         need(self.checkpoint_every >= 1, f"checkpoint_every={self.checkpoint_every}: must be >= 1")
         need(self.eval_prompts >= 0, f"eval_prompts={self.eval_prompts}: must be >= 0")
         need(isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2, f"adam_betas={self.adam_betas}: must be a list of two numbers")
@@ -241,9 +250,7 @@ class FlashGRPOConfig:
         names = cls.field_names()
         for key, value in data.items():
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise UserError(f"unknown config field {key!r}{hint}. Fields: {', '.join(names)}")
+                raise UserError(f"unknown config field {key!r}{did_you_mean(key, names)}. Fields: {', '.join(names)}")
             values[key] = value
         cfg = cls(**values)
         cfg._coerce_types()
@@ -314,8 +321,9 @@ def parse_set_items(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise UserError(f"--set {item!r}: write FIELD=VALUE, e.g. --set iterations=10")
         key, value = item.split("=", 1)
-        if key not in FlashGRPOConfig.field_names():
-            raise UserError(f"--set {key}: not a config field. Fields: {', '.join(FlashGRPOConfig.field_names())}")
+        names = FlashGRPOConfig.field_names()
+        if key not in names:
+            raise UserError(f"--set {key}: not a config field{did_you_mean(key, names)}. Fields: {', '.join(names)}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
