@@ -29,13 +29,16 @@ class Host:
     in_process = False
     """Run the jobs in this process instead of the backend trainer process (one CPU/GPU)."""
 
+    detached = False
+    """A backend this host starts outlives it (else it stops once this process has exited)."""
+
     def runner(self, gpus: int = 1) -> Runner:
         """The runner of the nodes' jobs on ``gpus`` processes (one per process count, kept)."""
         from ..service.runner import make_runner  # the engine loads on the first job, not at import
 
         runners = self.__dict__.setdefault("_runners", {})
         if gpus not in runners:
-            runners[gpus] = make_runner(gpus, in_process=self.in_process)
+            runners[gpus] = make_runner(gpus, in_process=self.in_process, detached=self.detached)
         return runners[gpus]
 
     def close(self) -> None:

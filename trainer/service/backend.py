@@ -24,7 +24,9 @@ HTTP API (all JSON, all need the token):
 
 Jobs run one at a time in a worker thread; the HTTP loop stays responsive, and a client that
 disconnects loses nothing: the job runs on and its events can be read again by job id. After
-``--idle-timeout`` seconds without jobs or requests the backend exits.
+``--idle-timeout`` seconds without jobs or requests the backend exits; with ``--owner-pid`` it also
+exits (its jobs cancelled, a training run checkpointed) once that process, the client that started
+it, has exited.
 
 A failure on any rank is written to ``<state-dir>/rank<R>.error.json`` (rank, exception, message)
 before the process exits, so the client can name the rank and the cause.
@@ -231,8 +233,10 @@ def execute(command: dict, runner: LocalRunner, should_stop, on_event) -> dict |
 class Backend:
     """Rank 0's server state: the job queue, the worker loop and the HTTP app."""
 
-    def __init__(self, state_dir: Path, control: Control, idle_timeout: float, runner: LocalRunner | None = None):
+    def __init__(self, state_dir: Path, control: Control, idle_timeout: float, runner: LocalRunner | None = None,
+                 owner_pid: int | None = None):
         self.state_dir = state_dir
+        self.owner_pid = owner_pid  # the client that started this backend: when it is gone, so is the backend
         self.control = control
         self.runner = runner or LocalRunner()
         self.jobs_run = dict.fromkeys(JOB_KINDS, 0)  # jobs started per kind, reported by /health
@@ -256,6 +260,10 @@ class Backend:
                     self.shutdown.set()
                     return
                 self.control.broadcast({"op": "noop"})
+                continue
+            if self.shutdown.is_set():  # stopping: the queued jobs do not start
+                job.finish("failed", error={"rank": 0, "type": "Shutdown", "user_error": True, "message":
+                                            "the backend shut down before this job started; submit it again"})
                 continue
             self.current = job
             job.state = "running"
@@ -285,6 +293,21 @@ class Backend:
             finally:
                 self.current = None
                 self.last_activity = time.time()
+
+    def stop(self, why: str) -> None:
+        """Stop: cancel every job (a running training run ends with a checkpoint), then exit."""
+        print(f"flash-grpo backend stopping: {why}", flush=True)
+        self.shutdown.set()
+        for job in list(self.jobs.values()):
+            job.cancel = True
+
+    def watch_owner(self) -> None:
+        """Stop once the client that started this backend has exited (killed or not)."""
+        while not self.shutdown.is_set():
+            if not process_alive(self.owner_pid):
+                self.stop(f"the client that started it (pid {self.owner_pid}) has exited")
+                return
+            time.sleep(1.0)
 
     # -- HTTP --
     def app(self):
@@ -350,9 +373,7 @@ class Backend:
             return web.json_response(job.view())
 
         async def shutdown(request):
-            self.shutdown.set()
-            for job in self.jobs.values():
-                job.cancel = True
+            self.stop("POST /shutdown")
             return web.json_response({"ok": True})
 
         app = web.Application(middlewares=[auth], client_max_size=1024**3)
@@ -389,6 +410,21 @@ class Backend:
         asyncio.run(main())
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet waited for, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): the signal test is all there is
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def write_rank_error(state_dir: Path, rank: int, exc: BaseException) -> None:
     cause = "CUDA out of memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else type(exc).__name__
     atomic_write_bytes(state_dir / f"rank{rank}.error.json", json.dumps({
@@ -402,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state-dir", required=True, help="folder for backend.json (URL + token) and error files")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     ap.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
-    ap.add_argument("--idle-timeout", type=float, default=900.0, help="exit after this many idle seconds")
+    ap.add_argument("--idle-timeout", type=float, default=settings.DEFAULT_IDLE_TIMEOUT_S,
+                    help="exit after this many idle seconds")
+    ap.add_argument("--owner-pid", type=int, default=None,
+                    help="exit (after cancelling its jobs) once this process, the client that started it, has exited")
     ap.add_argument("--allow-remote", action="store_true",
                     help="allow a non-loopback --host (multi-node setups behind your own network controls)")
     args = ap.parse_args(argv)
@@ -418,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     runner = LocalRunner()  # this rank's warm model
     try:
         if rank == 0:
-            backend = Backend(state_dir, control, args.idle_timeout, runner)
+            backend = Backend(state_dir, control, args.idle_timeout, runner, owner_pid=args.owner_pid)
+            if args.owner_pid is not None:
+                threading.Thread(target=backend.watch_owner, daemon=True).start()
             worker_error = []
 
             def run_worker():

@@ -6,8 +6,10 @@
    (e.g. with torchrun on several machines); used as is.
 2. ``<state dir>/backend.json`` of a live backend with the requested number of processes.
 3. Otherwise a new one: ``python -m torch.distributed.run --standalone --nproc_per_node <gpus> -m
-   trainer.backend``, in its own session so it outlives this process (a run outlives the browser
-   tab or the terminal that started it); its output goes to ``<state dir>/backend.log``.
+   trainer.backend``, in its own session; its output goes to ``<state dir>/backend.log``. It
+   watches the process that started it and exits (its jobs cancelled, a run checkpointed) once
+   that process has exited, even by SIGKILL, unless launched ``detached`` (``trainer.run
+   --detach``: the run outlives the terminal). ComfyUI keeps its backend while it runs.
 
 The state dir is ``FLASH_GRPO_STATE_DIR`` or ``~/.cache/flash_grpo/backend``. ``run_job`` follows a
 job's events; when the backend dies it raises ``BackendError`` naming the rank and the cause
@@ -204,19 +206,31 @@ def _read_state(directory: Path) -> dict | None:
         return None
 
 
-def launch(gpus: int, directory: Path | None = None, timeout: float = 300.0) -> BackendClient:
-    """Start a backend with ``gpus`` processes and wait until it answers."""
+LAUNCHED: list[subprocess.Popen] = []
+"""The backends this process started and that stop with it (not detached); see ``stop_launched``."""
+
+
+def launch(gpus: int, directory: Path | None = None, timeout: float = 300.0, detached: bool = False) -> BackendClient:
+    """Start a backend with ``gpus`` processes and wait until it answers.
+
+    It exits once this process has exited (killed or not), its jobs cancelled, unless
+    ``detached``; either way after ``FLASH_GRPO_IDLE_TIMEOUT`` idle seconds."""
+    idle_timeout = settings.idle_timeout()
     directory = directory or state_dir()
     directory.mkdir(parents=True, exist_ok=True)
     for stale in list(directory.glob("rank*.error.json")) + [directory / "backend.json"]:
         stale.unlink(missing_ok=True)
     log = open(directory / "backend.log", "w")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-           "-m", "trainer.backend", "--state-dir", str(directory)]
+           "-m", "trainer.backend", "--state-dir", str(directory), "--idle-timeout", str(idle_timeout)]
+    if not detached:
+        cmd += ["--owner-pid", str(os.getpid())]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(gpus, 1))))
     process = subprocess.Popen(cmd, cwd=PACKAGE_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
                                start_new_session=True)
+    if not detached:
+        LAUNCHED.append(process)
     deadline = time.time() + timeout
     while time.time() < deadline:
         info = _read_state(directory)
@@ -235,8 +249,25 @@ def launch(gpus: int, directory: Path | None = None, timeout: float = 300.0) -> 
     raise BackendError(f"the backend did not start within {timeout:.0f} s; see {directory / 'backend.log'}")
 
 
-def connect(gpus: int = 1, directory: Path | None = None) -> BackendClient:
-    """A client for a backend with ``gpus`` processes: the configured one, a live one, or a new one."""
+def stop_launched(timeout: float = 30.0) -> None:
+    """Stop the backends this process started (not detached) that still run: SIGTERM to their
+    process group, SIGKILL after ``timeout`` s. For a test session's end, pass or fail."""
+    for process in LAUNCHED:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            except ProcessLookupError:
+                pass
+    LAUNCHED.clear()
+
+
+def connect(gpus: int = 1, directory: Path | None = None, detached: bool = False) -> BackendClient:
+    """A client for a backend with ``gpus`` processes: the configured one, a live one, or a new
+    one (``launch``; ``detached``: it outlives this process)."""
     address = settings.backend_address()
     if address:
         url, token = address
@@ -256,4 +287,4 @@ def connect(gpus: int = 1, directory: Path | None = None) -> BackendClient:
             time.sleep(1.0)
         except BackendError:
             pass
-    return launch(gpus, directory)
+    return launch(gpus, directory, detached=detached)
