@@ -84,3 +84,15 @@ def test_a_numerical_failure_through_the_backend_names_its_field_and_blocks_no_r
     again = run_cli(*common)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((tmp_path / "nan" / "config.json").read_text())["guidance_scale"] != 1e300
+
+
+def test_a_refused_resume_through_the_backend_keeps_the_runs_config(tmp_path):
+    common = ["trainer.run", "workflows/demo.json", "--set", f"output_dir={tmp_path}", "--set", "run_name=keep",
+              "--set", "iterations=1", "--set", "eval_prompts=0", "--set", "sample_videos=false"]
+    first = run_cli(*common)
+    assert first.returncode == 0, first.stderr[-2000:]
+    config_json = tmp_path / "keep" / "config.json"
+    before = config_json.read_bytes()
+    proc = run_cli(*common, "--set", "iterations=2", "--set", "learning_rate=0.5", "--resume")
+    refused(proc, "learning_rate", str(config_json))
+    assert config_json.read_bytes() == before
