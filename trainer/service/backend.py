@@ -28,8 +28,12 @@ disconnects loses nothing: the job runs on and its events can be read again by j
 exits (its jobs cancelled, a training run checkpointed) once that process, the client that started
 it, has exited.
 
-A failure on any rank is written to ``<state-dir>/rank<R>.error.json`` (rank, exception, message)
-before the process exits, so the client can name the rank and the cause.
+Every POST /jobs body is checked against its kind's fields (``check_job``) before it is queued: a
+malformed one gets a 400 naming the field. A job that fails with a ``UserError`` fails alone; so
+does one with an internal error on one process. With several processes an internal error stops
+the group (the other ranks may wait in a collective): the failure on any rank is written to
+``<state-dir>/rank<R>.error.json`` (rank, exception, message) before the process exits, so the
+client can name the rank and the cause.
 """
 
 from __future__ import annotations
@@ -137,13 +141,6 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _prompt_list(body: dict) -> list:
-    prompts = body["prompts"]
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise BadRequest("prompts: must be a non-empty list of strings")
-    return prompts
-
-
 def check_job(body) -> tuple[str, dict]:
     """``(kind, payload)`` of a POST /jobs body, checked against its kind's fields before it is
     queued; ``BadRequest`` names the first wrong field. Checks what can be checked without the
@@ -172,8 +169,9 @@ def check_job(body) -> tuple[str, dict]:
         raise BadRequest(f"resume: must be true or false, not {body['resume']!r}")
     if "iteration" in body and not (_is_int(body["iteration"]) and body["iteration"] >= 0):
         raise BadRequest(f"iteration: must be an integer >= 0, not {body['iteration']!r}")
-    if "prompts" in body:
-        _prompt_list(body)
+    prompts = body.get("prompts", [""])
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise BadRequest("prompts: must be a non-empty list of strings")
     if kind == "score":
         rewards = body["rewards"]
         if not isinstance(rewards, list) or not rewards or not all(isinstance(r, (str, dict)) for r in rewards):
