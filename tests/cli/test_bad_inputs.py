@@ -96,3 +96,9 @@ def test_a_refused_resume_through_the_backend_keeps_the_runs_config(tmp_path):
     proc = run_cli(*common, "--set", "iterations=2", "--set", "learning_rate=0.5", "--resume")
     refused(proc, "learning_rate", str(config_json))
     assert config_json.read_bytes() == before
+
+
+@pytest.mark.parametrize("field, value", [("prompts", [1, 2]), ("adam_betas", [2, 3]), ("weight_decay", -1.0)])
+def test_values_the_optimizer_or_tokenizer_would_reject_are_named_by_the_config(field, value):
+    with pytest.raises(UserError, match=field):
+        FlashGRPOConfig.from_dict({field: value})

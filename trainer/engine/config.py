@@ -202,7 +202,12 @@ class FlashGRPOConfig:
         need(self.max_sequence_length >= 1, f"max_sequence_length={self.max_sequence_length}: must be >= 1")
         need(self.checkpoint_every >= 1, f"checkpoint_every={self.checkpoint_every}: must be >= 1")
         need(self.eval_prompts >= 0, f"eval_prompts={self.eval_prompts}: must be >= 0")
-        need(isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2, f"adam_betas={self.adam_betas}: must be a list of two numbers")
+        need(isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2
+             and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.adam_betas),
+             f"adam_betas={self.adam_betas}: must be a list of two numbers in [0, 1), e.g. [0.9, 0.999]")
+        need(self.weight_decay >= 0, f"weight_decay={self.weight_decay}: must be >= 0")
+        need(isinstance(self.prompts, list) and all(isinstance(p, str) for p in self.prompts),
+             f"prompts={self.prompts!r}: must be a list of strings (one prompt each)")
         start, end = self.window_start, (self.sampling_steps // 2 if self.window_end is None else self.window_end)
         need(0 <= start < end <= self.sampling_steps,
              f"window_start={start}, window_end={end}: need 0 <= window_start < window_end <= sampling_steps ({self.sampling_steps})")
