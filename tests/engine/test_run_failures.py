@@ -84,3 +84,20 @@ def test_a_foreign_torch_file_is_not_taken_for_a_checkpoint(tmp_path):
         FlashGRPORecipe(tiny(tmp_path), resume=True).setup()
     assert "not a Flash-GRPO checkpoint" in str(err.value) and "latest.pt" in str(err.value)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_after_a_failure_only_a_consistent_state_is_checkpointed(tmp_path):
+    """An iteration that failed before its optimizer step leaves the weights of the last
+    completed one: checkpointed. One that failed after a step (a later minibatch) does not:
+    the checkpoint on disk stays, and the message says which iterations it lacks."""
+    recipe = FlashGRPORecipe(tiny(tmp_path, iterations=2, checkpoint_every=1)).setup()
+    recipe.train()
+    ckpt = tmp_path / "run" / "checkpoints" / "latest.pt"
+    written = ckpt.read_bytes()
+    recipe._stepped = True  # as after the first of two minibatches of iteration 3
+    message = recipe._checkpoint_after_failure(3)
+    assert ckpt.read_bytes() == written and load_checkpoint(ckpt)["iteration"] == 2
+    assert "iteration 2" in message and "3" in message and str(ckpt) in message
+    recipe._stepped = False  # failed before any step: the weights are those after iteration 3
+    recipe._checkpoint_after_failure(3)
+    assert load_checkpoint(ckpt)["iteration"] == 3

@@ -749,6 +749,7 @@ class FlashGRPORecipe:
                 self.save_checkpoint(done)
                 self.last_checkpoint = done
         self.save_checkpoint(done)
+        self.last_checkpoint = done
         lora_path = self.export_lora(done)
         summary = {"iterations_done": done, "cancelled": cancelled, "lora": str(lora_path)}
         if not cancelled:
