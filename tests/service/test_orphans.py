@@ -8,8 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.support import ROOT
+from trainer import settings
 from trainer.engine.config import FlashGRPOConfig
+from trainer.errors import UserError
 from trainer.service.backend import process_alive
 
 CLIENT = """
@@ -92,3 +96,14 @@ def test_process_alive_sees_a_zombie_as_gone():
     assert not process_alive(child.pid)  # exited, not yet waited for
     child.wait()
     assert process_alive(os.getpid())
+
+
+def test_the_idle_timeout_setting_is_checked(monkeypatch):
+    monkeypatch.delenv(settings.IDLE_TIMEOUT_ENV, raising=False)
+    assert settings.idle_timeout() == settings.DEFAULT_IDLE_TIMEOUT_S
+    monkeypatch.setenv(settings.IDLE_TIMEOUT_ENV, "30")
+    assert settings.idle_timeout() == 30.0
+    for bad in ("soon", "0", "-5", "nan"):
+        monkeypatch.setenv(settings.IDLE_TIMEOUT_ENV, bad)
+        with pytest.raises(UserError, match=settings.IDLE_TIMEOUT_ENV):
+            settings.idle_timeout()
