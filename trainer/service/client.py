@@ -193,7 +193,7 @@ class BackendClient:
 
 
 def resume_hint(run_dir: str | None) -> str:
-    """"Checkpoints ... resume" when ``run_dir`` holds a checkpoint, else nothing to say."""
+    """The "checkpoints are intact; resume the run" hint when ``run_dir`` holds a checkpoint, else ""."""
     if run_dir and (Path(run_dir) / "checkpoints" / "latest.pt").is_file():
         return f"Checkpoints written so far are intact in {run_dir}; resume the run."
     return ""
