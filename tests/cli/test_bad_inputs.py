@@ -102,3 +102,8 @@ def test_a_refused_resume_through_the_backend_keeps_the_runs_config(tmp_path):
 def test_values_the_optimizer_or_tokenizer_would_reject_are_named_by_the_config(field, value):
     with pytest.raises(UserError, match=field):
         FlashGRPOConfig.from_dict({field: value})
+
+
+def test_detach_without_a_backend_is_refused():
+    proc = run_cli("trainer.run", "workflows/demo.json", "--detach", "--in-process")
+    assert proc.returncode == 2 and "--detach" in proc.stderr and "Traceback" not in proc.stderr
