@@ -187,7 +187,7 @@ class BackendRunner:
 
     def train(self, cfg, resume=False, should_stop=lambda: False, on_event=lambda e: None) -> RunResult:
         # the backend runs in another folder: paths go as the user meant them, absolute
-        out = self.connection().run_job("train", {"config": cfg.with_absolute_paths().to_dict(), "resume": resume},
+        out = self.connection().run_job("train", {"config": cfg.with_absolute_paths().to_dict(), "resume": bool(resume)},
                                         on_event=on_event, should_stop=should_stop)
         result = RunResult(Path(out["run_dir"]), Path(out["lora_path"]) if out.get("lora_path") else None,
                            out["iterations_done"], out["cancelled"], out.get("summary", {}))
