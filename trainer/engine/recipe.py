@@ -396,6 +396,21 @@ class FlashGRPORecipe:
             out.append(((video.permute(0, 2, 3, 4, 1) + 1.0) / 2.0).clamp(0, 1).cpu())
         return torch.cat(out)
 
+    def _on_every_process(self, step: Callable, what: str):
+        """Run a step that may fail on one process only (a reward server, a reward model) and
+        agree on the outcome, so that all processes raise together instead of the others
+        waiting for it in the next collective. Returns ``step()``."""
+        try:
+            out, error = step(), None
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every process
+            out, error = None, e
+        failed = self.dist.all_reduce_sum(torch.tensor([0.0 if error is None else 1.0], device=self.device))
+        if error is not None:
+            raise error
+        if float(failed) > 0:
+            raise UserError(f"another process failed while {what}; its error is the cause (see its message).")
+        return out
+
     def _require_finite(self, values: torch.Tensor, what: str, causes: str, collective: bool = True) -> None:
         """Stop with a ``UserError`` naming ``what`` and the config fields that can cause it when
         ``values`` holds NaN or Inf. ``collective``: every process calls this at the same point
@@ -492,7 +507,7 @@ class FlashGRPORecipe:
             raise Cancelled()
 
         videos = self.decode(result.latents)
-        scored = self.reward_fn(videos, prompts)
+        scored = self._on_every_process(lambda: self.reward_fn(videos, prompts), "scoring its videos")
         rewards_global = self.dist.all_gather_cat(scored.scores.to(self.device)).cpu()
         self._require_finite(rewards_global, "the rewards", "the reward's args (or a reward server's answers)",
                              collective=False)  # gathered: the same on every process
