@@ -405,11 +405,21 @@ class FlashGRPORecipe:
         except Exception as e:  # noqa: BLE001 - re-raised below, on every process
             out, error = None, e
         failed = self.dist.all_reduce_sum(torch.tensor([0.0 if error is None else 1.0], device=self.device))
+        if float(failed) == 0:
+            return out
+        # every process learns the first failure's message (UTF-8 bytes in a tensor, never pickled)
+        size = 2048
+        text = b"" if error is None else (str(error) if isinstance(error, UserError) else
+                                          f"{type(error).__name__}: {error}").encode()[:size] or b"?"
+        buf = torch.zeros(size, dtype=torch.uint8)
+        if text:
+            buf[:len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+        messages = self.dist.all_gather_cat(buf.to(self.device)).cpu().view(-1, size)
         if error is not None:
             raise error
-        if float(failed) > 0:
-            raise UserError(f"another process failed while {what}; its error is the cause (see its message).")
-        return out
+        rank = next(r for r in range(messages.shape[0]) if messages[r, 0] != 0)
+        message = bytes(messages[rank].tolist()).rstrip(b"\0").decode(errors="replace")
+        raise UserError(f"process {rank} failed while {what}: {message}")
 
     def _require_finite(self, values: torch.Tensor, what: str, causes: str, collective: bool = True) -> None:
         """Stop with a ``UserError`` naming ``what`` and the config fields that can cause it when
