@@ -107,3 +107,8 @@ def test_values_the_optimizer_or_tokenizer_would_reject_are_named_by_the_config(
 def test_detach_without_a_backend_is_refused():
     proc = run_cli("trainer.run", "workflows/demo.json", "--detach", "--in-process")
     assert proc.returncode == 2 and "--detach" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_output_dir_that_cannot_be_written(tmp_path):
+    refused(run_cli("trainer.train", *TINY, "--output-dir", "/proc/flash_grpo_runs"), "/proc/flash_grpo_runs",
+            "output_dir")

@@ -306,10 +306,14 @@ class FlashGRPORecipe:
 
     def _write_run_config(self) -> None:
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not self._resume:  # a failed start left no checkpoint: its events go with it
-                self.events.path.unlink(missing_ok=True)
-            atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                if not self._resume:  # a failed start left no checkpoint: its events go with it
+                    self.events.path.unlink(missing_ok=True)
+                atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
+            except OSError as e:
+                raise UserError(f"cannot write the run directory {self.run_dir} ({e.strerror or e}). Set output_dir "
+                                "to a folder you can write.") from None
 
     def _load_checkpoint(self) -> None:
         if not self.checkpoint_path.exists():
