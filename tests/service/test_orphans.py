@@ -107,3 +107,33 @@ def test_the_idle_timeout_setting_is_checked(monkeypatch):
         monkeypatch.setenv(settings.IDLE_TIMEOUT_ENV, bad)
         with pytest.raises(UserError, match=settings.IDLE_TIMEOUT_ENV):
             settings.idle_timeout()
+
+
+def test_connect_does_not_hand_out_a_stopping_backend(tmp_path):
+    """A backend that is stopping (here: shut down during a training job) takes no new job:
+    connect waits until it has exited, starts a fresh one, and the old one leaves its
+    successor's backend.json alone."""
+    from trainer.service import client
+
+    state = tmp_path / "state"
+    old = client.launch(1, state)
+    fresh = None
+    try:
+        cfg = FlashGRPOConfig.from_dict(dict(output_dir=str(tmp_path), run_name="stopping", iterations=500,
+                                             sample_videos=False, eval_prompts=0, sampling_steps=4),
+                                        preset="tiny_demo").to_dict()
+        job = old.request("POST", "/jobs", {"kind": "train", "config": cfg})["job_id"]
+        while old.request("GET", f"/jobs/{job}")["state"] == "queued":
+            time.sleep(0.05)
+        old.request("POST", "/shutdown", {})
+        assert old.health()["stopping"]
+        fresh = client.connect(1, state)
+        assert fresh.url != old.url or fresh.token != old.token
+        with pytest.raises(client.BackendError):
+            old.health()  # the old one had stopped serving first
+        assert json.loads((state / "backend.json").read_text())["token"] == fresh.token
+        assert fresh.health()["ok"] and not fresh.health()["stopping"]
+    finally:
+        if fresh is not None:
+            fresh.shutdown()
+        old.shutdown()

@@ -15,7 +15,8 @@ gloo group; nothing is unpickled).
 
 HTTP API (all JSON, all need the token):
 
-``GET /health``                 status, world size, model loads so far, jobs run per kind, current job
+``GET /health``                 status, world size, model loads so far, jobs run per kind, current job,
+                                ``stopping`` (it takes no new jobs)
 ``POST /jobs``                  ``{"kind": "train"|"sample"|"score", ...}`` -> ``{"job_id"}``
 ``GET /jobs/{id}``              state (queued, running, done, failed, cancelled), result, error
 ``GET /jobs/{id}/events``       ``?after=N&wait=S``: events after the N-th, long-polling up to S s
@@ -322,7 +323,7 @@ class Backend:
             return web.json_response({
                 "ok": True, "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                 "model_loads": self.runner.model_loads, "jobs_run": dict(self.jobs_run), "pid": os.getpid(),
-                "job": self.current.view() if self.current else None,
+                "job": self.current.view() if self.current else None, "stopping": self.shutdown.is_set(),
             })
 
         async def submit(request):
@@ -402,7 +403,8 @@ class Backend:
             print(f"flash-grpo backend on {info['url']} ({info['world_size']} processes); token in {path}", flush=True)
             while not self.shutdown.is_set() or self.current is not None:
                 await asyncio.sleep(0.2)
-            path.unlink(missing_ok=True)
+            if f'"{self.token}"' in (path.read_text() if path.exists() else ""):  # ours, not a successor's
+                path.unlink(missing_ok=True)
             await runner.cleanup()
 
         asyncio.run(main())

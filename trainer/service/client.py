@@ -281,10 +281,11 @@ def connect(gpus: int = 1, directory: Path | None = None, detached: bool = False
         client = BackendClient(info["url"], info["token"], None, directory)
         try:
             health = client.health()
-            if health.get("world_size") == gpus:
+            if health.get("world_size") == gpus and not health.get("stopping"):
                 return client
-            client.shutdown()  # a live backend with another process count: replace it
-            time.sleep(1.0)
+            if not health.get("stopping"):
+                client.shutdown()  # a live backend with another process count: replace it
+            client.wait_for_exit(timeout=600.0)  # a stopping one first ends its job (with a checkpoint)
         except BackendError:
             pass
     return launch(gpus, directory, detached=detached)
