@@ -23,15 +23,23 @@ def tiny_pipe():
 @pytest.fixture(scope="session", autouse=True)
 def _stop_test_backends():
     """Shut down the backends that tests started through a host's runner (the headless host,
-    or the pack's own copy of it), and any other backend left in the tests' state dir."""
+    or the pack's own copy of it), any other backend left in the tests' state dir, and then
+    every backend this test process launched that still runs, whatever the tests' outcome.
+    (Backends started by the tests' subprocesses stop with those: they watch their client.)"""
     yield
     from trainer.graph import host
     from trainer.service import client
 
-    host.current().close()
-    pack_host = sys.modules.get("flash_grpo_pack.trainer.graph.host")
-    if pack_host is not None:
-        pack_host.current().close()
-    info = client._read_state(client.state_dir())
-    if info:
-        client.BackendClient(info["url"], info["token"]).shutdown()
+    try:
+        host.current().close()
+        pack_host = sys.modules.get("flash_grpo_pack.trainer.graph.host")
+        if pack_host is not None:
+            pack_host.current().close()
+        info = client._read_state(client.state_dir())
+        if info:
+            client.BackendClient(info["url"], info["token"]).shutdown()
+    finally:
+        client.stop_launched()
+        pack_client = sys.modules.get("flash_grpo_pack.trainer.service.client")
+        if pack_client is not None:
+            pack_client.stop_launched()

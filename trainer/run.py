@@ -31,8 +31,9 @@ TRAINER_NODE = "FlashGRPOTrainer"
 class CliHost(host.Host):
     """Progress bar on stderr; Ctrl-C (or SIGTERM) asks the run to stop after the iteration."""
 
-    def __init__(self, in_process: bool = False):
+    def __init__(self, in_process: bool = False, detached: bool = False):
         self.in_process = in_process  # where the jobs run: decided once, here
+        self.detached = detached
         self.stop = False
         self.t0 = None
 
@@ -87,15 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue the trainer node's run (same run_name) from its checkpoint")
     ap.add_argument("--in-process", action="store_true",
                     help="run the jobs in this process instead of the backend trainer process (one CPU/GPU)")
+    ap.add_argument("--detach", action="store_true",
+                    help="a backend this run starts keeps training if this process is killed (without it, the "
+                         "backend stops, its run checkpointed, once this process has gone)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     args = ap.parse_args(argv)
+    if args.detach and args.in_process:
+        ap.error("--detach is for the backend; --in-process runs no backend")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-    cli = CliHost(in_process=args.in_process)
+    cli = CliHost(in_process=args.in_process, detached=args.detach)
     host.install(cli)
 
     def on_signal(signum, frame):

@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: need steps >= 1 and 0 <= window-start < window-end <= steps "
               f"(got steps={args.steps}, window {args.window_start}..{end})", file=sys.stderr)
         return 2
+    if not args.shift > 0 or args.shift == float("inf"):
+        print(f"error: --shift {args.shift}: the time shift must be a number > 0 (Wan2.1 480p: 3)", file=sys.stderr)
+        return 2
+    if args.noise_level is not None and not 0 < args.noise_level < float("inf"):
+        print(f"error: --noise-level {args.noise_level}: must be a number > 0 (or leave it out for the "
+              "schedule's published level)", file=sys.stderr)
+        return 2
     rows = schedule_table(args.steps, args.shift, args.noise, args.noise_level, (args.window_start, end))
     if args.json:
         print(json.dumps({"steps": args.steps, "shift": args.shift, "noise": args.noise,

@@ -7,6 +7,9 @@ User settings:
 ``FLASH_GRPO_STATE_DIR``
     Folder of the backend trainer process's ``backend.json`` (URL + token), log and error files
     (default ``~/.cache/flash_grpo/backend``).
+``FLASH_GRPO_IDLE_TIMEOUT``
+    Seconds a backend started by a client waits without jobs or requests before it exits
+    (default 900).
 ``FLASH_GRPO_BACKEND_URL``, ``FLASH_GRPO_BACKEND_TOKEN``
     A backend started by hand (e.g. with torchrun on several machines): used as is, never started
     or stopped by a client.
@@ -24,6 +27,8 @@ Test and debugging switches:
     Use gloo instead of NCCL on a CUDA machine.
 ``FLASH_GRPO_TEST_DISABLE_GRAD_SYNC=1``
     DDP never all-reduces gradients (a negative control: ranks must then drift apart).
+``FLASH_GRPO_TEST_FAULT_PROMPT=TEXT``
+    A backend job with this prompt fails with an internal error (tests of the backend's recovery).
 
 Where jobs run (in this process or in the backend) is not an environment variable: it is chosen
 once by the entry point (``python -m trainer.run --in-process``) and carried by the host's runner.
@@ -34,6 +39,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 MODEL_ENV = "FLASH_GRPO_MODEL"
 STATE_DIR_ENV = "FLASH_GRPO_STATE_DIR"
 BACKEND_URL_ENV = "FLASH_GRPO_BACKEND_URL"
@@ -41,10 +48,13 @@ BACKEND_TOKEN_ENV = "FLASH_GRPO_BACKEND_TOKEN"
 REWARD_TOKEN_ENV = "FLASH_GRPO_REWARD_TOKEN"
 AFTER_JOB_ENV = "FLASH_GRPO_BACKEND_AFTER_JOB"
 AFTER_JOB_POLICIES = ("offload", "keep", "shutdown")
+IDLE_TIMEOUT_ENV = "FLASH_GRPO_IDLE_TIMEOUT"
 DIST_BACKEND_ENV = "FLASH_GRPO_DIST_BACKEND"
 NO_GRAD_SYNC_ENV = "FLASH_GRPO_TEST_DISABLE_GRAD_SYNC"
+TEST_FAULT_ENV = "FLASH_GRPO_TEST_FAULT_PROMPT"
 
 DEFAULT_STATE_DIR = "~/.cache/flash_grpo/backend"
+DEFAULT_IDLE_TIMEOUT_S = 900.0
 
 
 def model_override() -> str | None:
@@ -54,6 +64,20 @@ def model_override() -> str | None:
 
 def state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR)).expanduser()
+
+
+def idle_timeout() -> float:
+    """``FLASH_GRPO_IDLE_TIMEOUT`` in seconds (default 900); ``UserError`` naming it when it is no number > 0."""
+    raw = os.environ.get(IDLE_TIMEOUT_ENV, "")
+    if not raw:
+        return DEFAULT_IDLE_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise UserError(f"{IDLE_TIMEOUT_ENV}={raw!r}: give the idle timeout in seconds, a number > 0")
+    return value
 
 
 def backend_address() -> tuple[str, str] | None:
@@ -80,3 +104,7 @@ def force_gloo() -> bool:
 
 def grad_sync_disabled() -> bool:
     return os.environ.get(NO_GRAD_SYNC_ENV) == "1"
+
+
+def test_fault_prompt() -> str | None:
+    return os.environ.get(TEST_FAULT_ENV) or None

@@ -4,6 +4,9 @@
     torchrun --nproc_per_node 8 -m trainer.train --preset flash_grpo_wan2.1_1.3b --model /models/Wan2.1-T2V-1.3B-Diffusers
     python -m trainer.train --config runs/x/config.json --resume runs/x
 
+Exit status: 0 done, 2 a problem to fix (the message says what and how), 1 an internal error
+(``--debug`` shows the traceback).
+
 Every ``FlashGRPOConfig`` field is a flag (``--help`` lists them with their help texts). Values
 are taken in this order: defaults, ``--preset``, ``--config`` (a JSON file), flags.
 Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised with NCCL on CUDA and gloo
@@ -26,7 +29,7 @@ from .errors import UserError
 def build_config(args: argparse.Namespace) -> FlashGRPOConfig:
     values = {}
     if args.config:
-        path = Path(args.config)
+        path = Path(args.config).expanduser().absolute()
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         try:
@@ -34,7 +37,7 @@ def build_config(args: argparse.Namespace) -> FlashGRPOConfig:
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not valid JSON: {e}") from None
     values.update(cli_overrides(args))
-    return FlashGRPOConfig.from_dict(values, preset=args.preset)
+    return FlashGRPOConfig.from_dict(values, preset=args.preset).with_absolute_paths()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         distributed = init_distributed()
         from .engine.recipe import FlashGRPORecipe
 
-        run_dir = Path(args.resume) if args.resume else None
+        run_dir = Path(args.resume).expanduser().absolute() if args.resume else None
+        if run_dir is not None and run_dir.is_file():
+            raise UserError(f"--resume {run_dir}: give the run directory (the folder holding checkpoints/latest.pt), "
+                            "not a file.")
         recipe = FlashGRPORecipe(cfg, run_dir=run_dir, resume=bool(args.resume)).setup()
         result = recipe.train(on_event=lambda e: print(json.dumps(e, sort_keys=True), flush=True)
                               if e.get("event") != "iteration" else print(
@@ -66,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # an internal error: say so, traceback only with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"internal error: {type(e).__name__}: {e}\nRerun with --debug for the traceback.", file=sys.stderr)
+        return 1
     finally:
         if distributed:
             import torch.distributed as dist

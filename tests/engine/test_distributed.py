@@ -5,6 +5,7 @@ A 2-process run whose gradients are not synchronised (negative control) must not
 comparison has the power to catch a model that only claims to be wrapped.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -72,3 +73,23 @@ def test_shared_noise_and_micro_batches_finish_with_the_lora_of_one_process(tmp_
     one = _train(tmp_path, "one", 1, *extra)
     two = _train(tmp_path, "two", 2, *extra, "--parallel", parallel)
     assert _max_diff(one, two) < TOL
+
+
+def test_a_reward_failing_on_one_process_stops_every_process(tmp_path):
+    """The prompts are sharded: only one process gets the prompt its reward refuses. All stop
+    with the cause (instead of the others waiting in the reward gather until gloo's timeout)."""
+    prompts = ["a small red circle on the left moves up slowly on a black background", "a cat"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer.train",
+           *COMMON, "--output-dir", str(tmp_path), "--run-name", "one_fails", "--iterations", "2",
+           "--sampling-steps", "4", "--prompts-per-iteration", "2", "--prompts", json.dumps(prompts),
+           "--rewards", json.dumps([{"name": "toy_position"}])]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "FLASH_GRPO_DIST_BACKEND": "gloo"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the processes hung after one of them failed")
+    assert proc.returncode != 0 and "states no position" in proc.stderr
+    # the processes stopped on the cause (the first to exit may take the other down with
+    # SIGTERM, before it prints), none on a lost peer
+    assert "internal error" not in proc.stderr and "closed by peer" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "one_fails" / "checkpoints").exists()  # no iteration completed

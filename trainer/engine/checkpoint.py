@@ -24,11 +24,21 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+CHECKPOINT_KEYS = ("iteration", "lora", "optimizer", "ema", "torch_rng", "config", "base_model_hash")
+"""What every checkpoint holds (``FlashGRPORecipe.save_checkpoint``)."""
+
+
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's dict; ``UserError`` for a missing, damaged or foreign file (never unpickled)."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint not found: {path}") from None
     except Exception as e:  # a damaged or foreign file
         raise UserError(f"cannot read checkpoint {path}: {e}. It may be damaged or not a Flash-GRPO checkpoint.") from None
+    missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
+    if missing:
+        raise UserError(f"{path} is not a Flash-GRPO checkpoint (it lacks {', '.join(missing)}); it may come from "
+                        "another trainer. Resume needs the run directory of a Flash-GRPO run.")
+    return state

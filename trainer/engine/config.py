@@ -13,11 +13,14 @@ import argparse
 import dataclasses
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..algo.sde import NOISE_SCHEDULES as NOISE_SCHEDULE_NAMES
 from ..errors import UserError
+from .models import TINY_MODEL, TOY_MODEL
 from .presets import PRESETS
 from .strategies import DEFAULT_STRATEGY, STRATEGIES, get_strategy
 
@@ -38,6 +41,12 @@ def _strategy_help() -> dict[str, str]:
 
 
 _HELP = _strategy_help()
+
+
+def did_you_mean(name: str, names: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``names``, or nothing when none is close."""
+    close = difflib.get_close_matches(name, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _f(default, help: str, choices: tuple | None = None, **kw):
@@ -208,11 +217,19 @@ class FlashGRPOConfig:
         need(self.noise_level is None or self.noise_level > 0, f"noise_level={self.noise_level}: must be > 0 or null")
         need(0 < self.timestep_fraction <= 1, f"timestep_fraction={self.timestep_fraction}: must be in (0, 1]")
         need(0 < self.dance_train_fraction <= 1, f"dance_train_fraction={self.dance_train_fraction}: must be in (0, 1]")
-        need(1 <= self.mix_window_size <= self.sampling_steps, f"mix_window_size={self.mix_window_size}: must be in [1, sampling_steps]")
-        need(self.mix_shift_every >= 1, f"mix_shift_every={self.mix_shift_every}: must be >= 1")
+        if self.strategy == "mixgrpo":  # its own fields, checked only where they apply
+            need(1 <= self.mix_window_size <= self.sampling_steps,
+                 f"mix_window_size={self.mix_window_size}: must be in [1, sampling_steps ({self.sampling_steps})]")
+            need(self.mix_shift_every >= 1, f"mix_shift_every={self.mix_shift_every}: must be >= 1")
+        need(self.max_sequence_length >= 1, f"max_sequence_length={self.max_sequence_length}: must be >= 1")
         need(self.checkpoint_every >= 1, f"checkpoint_every={self.checkpoint_every}: must be >= 1")
         need(self.eval_prompts >= 0, f"eval_prompts={self.eval_prompts}: must be >= 0")
-        need(isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2, f"adam_betas={self.adam_betas}: must be a list of two numbers")
+        need(isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2
+             and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.adam_betas),
+             f"adam_betas={self.adam_betas}: must be a list of two numbers in [0, 1), e.g. [0.9, 0.999]")
+        need(self.weight_decay >= 0, f"weight_decay={self.weight_decay}: must be >= 0")
+        need(isinstance(self.prompts, list) and all(isinstance(p, str) for p in self.prompts),
+             f"prompts={self.prompts!r}: must be a list of strings (one prompt each)")
         start, end = self.window_start, (self.sampling_steps // 2 if self.window_end is None else self.window_end)
         need(0 <= start < end <= self.sampling_steps,
              f"window_start={start}, window_end={end}: need 0 <= window_start < window_end <= sampling_steps ({self.sampling_steps})")
@@ -220,6 +237,23 @@ class FlashGRPOConfig:
         if problems:
             raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
         return self
+
+    def with_absolute_paths(self, base: str | Path | None = None) -> "FlashGRPOConfig":
+        """A copy whose paths (``prompt_file``, ``output_dir``, a ``model`` folder or file) are
+        absolute: ``~`` expanded, a relative path joined to ``base`` (default: the working
+        directory). Clients apply it before a config leaves the user's process, so the backend
+        reads and writes where the user expects."""
+        base = Path.cwd() if base is None else Path(base)
+
+        def absolute(path: str) -> str:
+            return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
+
+        changes = {"output_dir": absolute(self.output_dir)}
+        if self.prompt_file:
+            changes["prompt_file"] = absolute(self.prompt_file)
+        if self.model not in (TINY_MODEL, TOY_MODEL):
+            changes["model"] = absolute(self.model)
+        return dataclasses.replace(self, **changes)
 
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -243,9 +277,7 @@ class FlashGRPOConfig:
         names = cls.field_names()
         for key, value in data.items():
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise UserError(f"unknown config field {key!r}{hint}. Fields: {', '.join(names)}")
+                raise UserError(f"unknown config field {key!r}{did_you_mean(key, names)}. Fields: {', '.join(names)}")
             values[key] = value
         cfg = cls(**values)
         cfg._coerce_types()
@@ -316,8 +348,9 @@ def parse_set_items(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise UserError(f"--set {item!r}: write FIELD=VALUE, e.g. --set iterations=10")
         key, value = item.split("=", 1)
-        if key not in FlashGRPOConfig.field_names():
-            raise UserError(f"--set {key}: not a config field. Fields: {', '.join(FlashGRPOConfig.field_names())}")
+        names = FlashGRPOConfig.field_names()
+        if key not in names:
+            raise UserError(f"--set {key}: not a config field{did_you_mean(key, names)}. Fields: {', '.join(names)}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -28,7 +28,15 @@ def read_prompt_file(path: str | Path) -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"prompt file not found: {p}. Give a text file with one prompt per line.")
-    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"prompt file {p} is not UTF-8 text (a binary file?). Give a text file with one prompt "
+                        "per line.") from None
+    if "\0" in text:
+        raise UserError(f"prompt file {p} holds NUL bytes, so it is not a text file. Give a text file with one "
+                        "prompt per line.")
+    lines = [line.strip() for line in text.splitlines()]
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise UserError(f"prompt file {p} holds no prompts (one per line; # starts a comment).")

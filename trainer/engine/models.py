@@ -150,7 +150,14 @@ def _load_diffusers_folder(model: str, shift: float, dtype: torch.dtype):
             "layout of Wan2.1-T2V-1.3B-Diffusers (model_index.json, transformer/, vae/, "
             "text_encoder/, tokenizer/)."
         )
-    index = json.loads((path / "model_index.json").read_text())
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path / 'model_index.json'} is not a readable JSON file ({e}). Download the model "
+                        "folder again, or restore that file from the model's repository.") from None
+    if not isinstance(index, dict):
+        raise UserError(f"{path / 'model_index.json'} must hold a JSON object (diffusers' model index), "
+                        f"not a JSON {type(index).__name__}. Download the model folder again.")
     if index.get("_class_name") not in ("WanPipeline", None):
         raise UserError(
             f"{path} holds a {index.get('_class_name')}, not a Wan text-to-video pipeline "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,7 @@ class FlashGRPORecipe:
         self._resume = resume
         self._pipeline = pipeline  # an already loaded pipeline (warm backend), else load from cfg
         self.start_iteration = 0
+        self._stepped = False
 
     # ------------------------------------------------------------------------------ setup ----
     def setup(self, training: bool = True) -> "FlashGRPORecipe":
@@ -171,6 +173,7 @@ class FlashGRPORecipe:
             self._setup_run_dir()
             if self._resume:
                 self._load_checkpoint()
+            self._write_run_config()  # only now, once the start or resume checks have passed
         return self
 
     def _setup_device(self) -> None:
@@ -338,17 +341,33 @@ class FlashGRPORecipe:
         else:
             name = cfg.run_name or f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
             self.run_dir = Path(cfg.output_dir) / name
+        self.run_dir = self.run_dir.absolute()
         self.run_name = self.run_dir.name
         self.events = EventLog(self.run_dir / "events.jsonl")
         self.checkpoint_path = self.run_dir / "checkpoints" / "latest.pt"
+        self.last_checkpoint: int | None = None  # iterations of the checkpoint on disk from this process
+        for folder in (self.run_dir, *self.run_dir.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise UserError(f"{folder} is a file, so the run directory {self.run_dir} cannot be made in it. "
+                                    "Set output_dir to a folder (or a path that does not exist yet).")
+                break
+        if not self._resume and self.checkpoint_path.exists():
+            raise UserError(
+                f"{self.run_dir} already holds a run. Resume it with --resume, or choose "
+                "another run_name / output_dir."
+            )
+
+    def _write_run_config(self) -> None:
         if self.dist.is_main:
-            if not self._resume and self.checkpoint_path.exists():
-                raise UserError(
-                    f"{self.run_dir} already holds a run. Resume it with --resume, or choose "
-                    "another run_name / output_dir."
-                )
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                if not self._resume:  # a failed start left no checkpoint: its events go with it
+                    self.events.path.unlink(missing_ok=True)
+                atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
+            except OSError as e:
+                raise UserError(f"cannot write the run directory {self.run_dir} ({e.strerror or e}). Set output_dir "
+                                "to a folder you can write.") from None
 
     def _load_checkpoint(self) -> None:
         if not self.checkpoint_path.exists():
@@ -357,14 +376,19 @@ class FlashGRPORecipe:
                 "without --resume, or point --resume at the run directory of an earlier run."
             )
         state = load_checkpoint(self.checkpoint_path)
-        saved = FlashGRPOConfig.from_dict(json.loads(state["config"]))
+        try:
+            saved = FlashGRPOConfig.from_dict(json.loads(state["config"]))
+        except (ValueError, TypeError, UserError) as e:
+            raise UserError(f"cannot resume: the config stored in {self.checkpoint_path} is not readable ({e}).") from None
         ignore = {"iterations", "output_dir", "run_name", "checkpoint_every", "sample_videos", "fps"}
         diff = [k for k in saved.field_names() if k not in ignore and getattr(saved, k) != getattr(self.cfg, k)]
         if diff:
             raise UserError(
                 "cannot resume: the config differs from the checkpoint's in "
                 + ", ".join(f"{k} ({getattr(saved, k)!r} -> {getattr(self.cfg, k)!r})" for k in diff)
-                + ". Resume with the run's own config (config.json in the run directory)."
+                + f". To continue the run, resume it with its own config, kept unchanged in "
+                f"{self.run_dir / 'config.json'} (python -m trainer.train --config {self.run_dir / 'config.json'} "
+                f"--resume {self.run_dir}); to train with the new values, start a new run (another run_name)."
             )
         if state["base_model_hash"] != self.base_model_hash:
             raise UserError("cannot resume: the checkpoint was trained on other base-model weights.")
@@ -383,10 +407,9 @@ class FlashGRPORecipe:
                     value = distribute_tensor(value, target.device_mesh, target.placements)
                 target.copy_(value)
         torch.set_rng_state(state["torch_rng"])
-        self.start_iteration = int(state["iteration"])
+        self.start_iteration = self.last_checkpoint = int(state["iteration"])
         if self.dist.is_main:
             self.events.truncate_after(self.start_iteration - 1)
-            self.events.write({"event": "resume", "iteration": self.start_iteration})
 
     def _setup_text(self) -> None:
         """Encode every prompt of the run (training, held-out, negative) once, then leave the text
@@ -436,6 +459,8 @@ class FlashGRPORecipe:
     def decode_chunks(self, latents: torch.Tensor):
         """Yield uint8 videos ``[n, T, H, W, 3]`` on CPU, ``decode_batch_size`` at a time, for
         latents ``[N, C, F, h, w]``; each chunk is decoded only when the previous one was taken."""
+        self._require_finite(latents, "the sampled latents",
+                             "guidance_scale, shift, noise_level, learning_rate (a diverged LoRA), dtype")
         vae = self.pipe.vae
         mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
@@ -456,6 +481,44 @@ class FlashGRPORecipe:
             outputs.append(self.reward_fn(videos, prompts[start:start + videos.shape[0]]))
             start += videos.shape[0]
         return RewardOutput.concat(outputs)
+
+    def _on_every_process(self, step: Callable, what: str):
+        """Run a step that may fail on one process only (a reward server, a reward model) and
+        agree on the outcome, so that all processes raise together instead of the others
+        waiting for it in the next collective. Returns ``step()``."""
+        try:
+            out, error = step(), None
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every process
+            out, error = None, e
+        failed = self.dist.all_reduce_sum(torch.tensor([0.0 if error is None else 1.0], device=self.device))
+        if float(failed) == 0:
+            return out
+        # every process learns the first failure's message (UTF-8 bytes in a tensor, never pickled)
+        size = 2048
+        text = b"" if error is None else (str(error) if isinstance(error, UserError) else
+                                          f"{type(error).__name__}: {error}").encode()[:size] or b"?"
+        buf = torch.zeros(size, dtype=torch.uint8)
+        if text:
+            buf[:len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+        messages = self.dist.all_gather_cat(buf.to(self.device)).cpu().view(-1, size)
+        if error is not None:
+            raise error
+        rank = next(r for r in range(messages.shape[0]) if messages[r, 0] != 0)
+        message = bytes(messages[rank].tolist()).rstrip(b"\0").decode(errors="replace")
+        raise UserError(f"process {rank} failed while {what}: {message}")
+
+    def _require_finite(self, values: torch.Tensor, what: str, causes: str, collective: bool = True) -> None:
+        """Stop with a ``UserError`` naming ``what`` and the config fields that can cause it when
+        ``values`` holds NaN or Inf. ``collective``: every process calls this at the same point
+        and all of them stop together, even when only one process holds such values."""
+        bad = torch.tensor([0.0 if torch.isfinite(values).all() else 1.0], device=self.device)
+        if collective:
+            bad = self.dist.all_reduce_sum(bad)
+        if float(bad) > 0:
+            fields = {k: getattr(self.cfg, k) for k in re.findall(r"\w+", causes) if k in FlashGRPOConfig.field_names()}
+            raise UserError(f"numerical failure: {what} hold NaN or Inf values. Fields that can cause this: {causes}; "
+                            f"now {', '.join(f'{k}={v!r}' for k, v in fields.items())}. Lower the value that is too "
+                            "large (or use dtype=float32) and start a new run.")
 
     @contextlib.contextmanager
     def ema_weights(self):
@@ -537,6 +600,7 @@ class FlashGRPORecipe:
         cfg = self.cfg
         G, B = cfg.group_size, cfg.prompts_per_iteration
         t0 = time.perf_counter()
+        self._stepped = False  # set by the first optimizer step of this iteration
         batch = self.rollout_phase(it)
         prompts_global, prompts, local_samples = batch.prompts_global, batch.prompts, batch.local_samples
         plan, conditioning, result = batch.plan, batch.conditioning, batch.result
@@ -544,8 +608,10 @@ class FlashGRPORecipe:
         if should_stop():
             raise Cancelled()
 
-        scored = self.score_latents(result.latents, prompts)
+        scored = self._on_every_process(lambda: self.score_latents(result.latents, prompts), "scoring its videos")
         rewards_global = self.dist.all_gather_cat(scored.scores.to(self.device)).cpu()
+        self._require_finite(rewards_global, "the rewards", "the reward's args (or a reward server's answers)",
+                             collective=False)  # gathered: the same on every process
         details_global = {k: self.dist.all_gather_cat(v.to(self.device)).cpu() for k, v in scored.details.items()}
         group_ids = torch.arange(B).repeat_interleave(G)
         adv_global, signal = group_advantages(rewards_global, group_ids, cfg.advantage_std, cfg.advantage_clip)
@@ -636,6 +702,9 @@ class FlashGRPORecipe:
                 self.lora_params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             )
             grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+            self._require_finite(torch.tensor([totals.loss, grad_norms[-1]]), "the loss or its gradients",
+                                 "learning_rate, clip_range, advantage_clip, kl_beta, max_grad_norm")
+            self._stepped = True
             self.optimizer.step()
         self.transformer.eval()
         stats = totals.all_reduce_sum(self.dist, self.device).means()
@@ -698,6 +767,25 @@ class FlashGRPORecipe:
             )
         return path
 
+    def _checkpoint_after_failure(self, done: int) -> str:
+        """After iteration ``done`` failed: checkpoint the state after the last completed
+        iteration if the weights still hold it; say what is on disk and what to do.
+
+        Nothing is written when no iteration completed (a rerun under the same name starts
+        afresh) or when an optimizer step of the failed iteration already changed the weights
+        (the last checkpoint written stays the consistent one)."""
+        if done > self.start_iteration and not self._stepped:
+            self.save_checkpoint(done)
+            self.last_checkpoint = done
+        if self.last_checkpoint is None:
+            return ("The run stopped before its first iteration completed; no checkpoint was written, so start it "
+                    "again (same run_name) once the cause is fixed.")
+        lost = "" if self.last_checkpoint == done else (
+            f" (iterations {self.last_checkpoint + 1}..{done} are not in it: the failed iteration had already "
+            "stepped the optimizer)")
+        return (f"The run stopped after {done} iterations; its checkpoint at iteration {self.last_checkpoint} is in "
+                f"{self.checkpoint_path}{lost}. Fix the cause, then resume with --resume (resume=true).")
+
     # ------------------------------------------------------------------------------ loop ----
     def _write_samples(self, tag: str) -> dict:
         """Before/after videos of the held-out prompts, and their reward.
@@ -751,6 +839,8 @@ class FlashGRPORecipe:
             before = self._write_samples("before")
             emit({"event": "start", "run_dir": str(self.run_dir), "iterations": cfg.iterations,
                   "strategy": cfg.strategy, "before": before, "base_model_hash": self.base_model_hash})
+        else:
+            emit({"event": "resume", "iteration": self.start_iteration, "run_dir": str(self.run_dir)})
         done = self.start_iteration
         cancelled = False
         for it in range(self.start_iteration, cfg.iterations):
@@ -763,18 +853,19 @@ class FlashGRPORecipe:
                 cancelled = True
                 break
             except Exception as e:  # e.g. a reward server that stays down: keep the work done so far
-                self.save_checkpoint(done)
+                kept = self._checkpoint_after_failure(done)
                 if self.dist.is_main:
                     self.events.write({"event": "error", "iteration": done, "error": f"{type(e).__name__}: {e}"})
                 if isinstance(e, UserError):
-                    raise UserError(f"{e}\nThe run stopped after {done} iterations; its checkpoint is in "
-                                    f"{self.run_dir}. Fix the cause, then resume.") from e
+                    raise UserError(f"{e}\n{kept}") from e
                 raise
             done = it + 1
             emit(event)
             if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
                 self.save_checkpoint(done)
+                self.last_checkpoint = done
         self.save_checkpoint(done)
+        self.last_checkpoint = done
         lora_path = self.export_lora(done)
         summary = {"iterations_done": done, "cancelled": cancelled, "lora": str(lora_path)}
         if not cancelled:

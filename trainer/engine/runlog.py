@@ -30,10 +30,10 @@ class EventLog:
     """Append-only JSON-lines event file; each line is flushed and fsynced as written."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)  # its folder is made on the first write
 
     def write(self, event: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(event, sort_keys=True) + "\n")
             f.flush()

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 
 class Host:
-    """Headless defaults: jobs in the backend, paths relative to the working directory, no UI, no
-    ComfyUI models."""
+    """Headless defaults: jobs in the backend, paths relative to the working directory (made
+    absolute here, before a job leaves this process), no UI, no ComfyUI models."""
 
     in_process = False
     """Run the jobs in this process instead of the backend trainer process (one CPU/GPU)."""
@@ -33,13 +33,16 @@ class Host:
     """A Trainer whose settings match a finished run returns that run instead of training again
     (ComfyUI: re-queueing a graph). Headless, every call trains (unnamed runs get a new name)."""
 
+    detached = False
+    """A backend this host starts outlives it (else it stops once this process has exited)."""
+
     def runner(self, gpus: int = 1) -> Runner:
         """The runner of the nodes' jobs on ``gpus`` processes (one per process count, kept)."""
         from ..service.runner import make_runner  # the engine loads on the first job, not at import
 
         runners = self.__dict__.setdefault("_runners", {})
         if gpus not in runners:
-            runners[gpus] = make_runner(gpus, in_process=self.in_process)
+            runners[gpus] = make_runner(gpus, in_process=self.in_process, detached=self.detached)
         return runners[gpus]
 
     def release_memory(self) -> None:
@@ -66,8 +69,8 @@ class Host:
         raise exc
 
     def input_file(self, name: str) -> Path:
-        """Resolve a file name given in a workflow (a prompt file, say)."""
-        path = Path(os.path.expanduser(name))
+        """Resolve a file name given in a workflow (a prompt file, say), as an absolute path."""
+        path = Path(os.path.abspath(os.path.expanduser(name)))
         if not path.is_file():
             raise UserError(f"file not found: {path} (relative paths are relative to {Path.cwd()})")
         return path
@@ -81,15 +84,15 @@ class Host:
         return []
 
     def model_path(self, folder: str, name: str) -> Path:
-        """The file behind a name from ``model_files`` (headless: a path)."""
-        path = Path(os.path.expanduser(name))
+        """The file behind a name from ``model_files`` (headless: a path, made absolute)."""
+        path = Path(os.path.abspath(os.path.expanduser(name)))
         if not path.is_file():
             raise UserError(f"{folder}: file not found: {path}")
         return path
 
     def runs_dir(self, configured: str) -> Path:
-        """The folder that receives run directories."""
-        return Path(os.path.expanduser(configured))
+        """The folder that receives run directories (headless: absolute, from the working directory)."""
+        return Path(os.path.abspath(os.path.expanduser(configured)))
 
     def publish_lora(self, lora_path: Path) -> str:
         """Make a finished LoRA available to the host's LoRA loaders; return its display name."""

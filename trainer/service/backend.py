@@ -15,7 +15,8 @@ gloo group; nothing is unpickled).
 
 HTTP API (all JSON, all need the token):
 
-``GET /health``                 status, world size, model loads so far, jobs run per kind, current job
+``GET /health``                 status, world size, model loads so far, jobs run per kind, current job,
+                                ``stopping`` (it takes no new jobs)
 ``POST /jobs``                  ``{"kind": "train"|"sample"|"score", ...}`` -> ``{"job_id"}``
 ``GET /jobs/{id}``              state (queued, running, done, failed, cancelled), result, error
 ``GET /jobs/{id}/events``       ``?after=N&wait=S``: events after the N-th, long-polling up to S s
@@ -24,13 +25,19 @@ HTTP API (all JSON, all need the token):
 
 Jobs run one at a time in a worker thread; the HTTP loop stays responsive, and a client that
 disconnects loses nothing: the job runs on and its events can be read again by job id. After
-``--idle-timeout`` seconds without jobs or requests the backend exits. After each job the warm model
-is handled by the ``--after-job`` policy (``FLASH_GRPO_BACKEND_AFTER_JOB``): ``offload`` (default) moves
-it to the CPU and empties the CUDA cache, so ComfyUI on the same GPU gets its memory back;
-``keep`` leaves it on the GPU; ``shutdown`` exits ``SHUTDOWN_GRACE_S`` idle seconds after the job.
+``--idle-timeout`` seconds without jobs or requests the backend exits; with ``--owner-pid`` it also
+exits (its jobs cancelled, a training run checkpointed) once that process, the client that started
+it, has exited. After each job the warm model is handled by the ``--after-job`` policy
+(``FLASH_GRPO_BACKEND_AFTER_JOB``): ``offload`` (default) moves it to the CPU and empties the CUDA
+cache, so ComfyUI on the same GPU gets its memory back; ``keep`` leaves it on the GPU; ``shutdown``
+exits ``SHUTDOWN_GRACE_S`` idle seconds after the job.
 
-A failure on any rank is written to ``<state-dir>/rank<R>.error.json`` (rank, exception, message)
-before the process exits, so the client can name the rank and the cause.
+Every POST /jobs body is checked against its kind's fields (``check_job``) before it is queued: a
+malformed one gets a 400 naming the field. A job that fails with a ``UserError`` fails alone; so
+does one with an internal error on one process. With several processes an internal error stops
+the group (the other ranks may wait in a collective): the failure on any rank is written to
+``<state-dir>/rank<R>.error.json`` (rank, exception, message) before the process exits, so the
+client can name the rank and the cause.
 """
 
 from __future__ import annotations
@@ -124,6 +131,76 @@ class Job:
 
 
 JOB_KINDS = ("train", "sample", "score")
+JOB_FIELDS = {  # field -> required, per job kind
+    "train": {"config": True, "resume": False},
+    "sample": {"config": True, "prompts": True, "iteration": False},
+    "score": {"rewards": True, "videos": True, "prompts": True, "group_size": True, "std_mode": False, "clip": False},
+}
+STD_MODES = ("group", "global")
+
+
+class BadRequest(UserError):
+    """A request the backend refuses before queueing it (HTTP 400); the message names the field."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_job(body) -> tuple[str, dict]:
+    """``(kind, payload)`` of a POST /jobs body, checked against its kind's fields before it is
+    queued; ``BadRequest`` names the first wrong field. Checks what can be checked without the
+    model: field types, the config (``FlashGRPOConfig.from_dict``), the video array's size."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object with a 'kind' field, not a JSON {type(body).__name__}")
+    body = dict(body)
+    kind = body.pop("kind", None)
+    if kind not in JOB_KINDS:
+        raise BadRequest(f"kind: must be train, sample or score, not {kind!r}")
+    fields = JOB_FIELDS[kind]
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise BadRequest(f"{unknown[0]}: not a field of a {kind} job (fields: {', '.join(fields)})")
+    missing = [k for k, required in fields.items() if required and k not in body]
+    if missing:
+        raise BadRequest(f"{missing[0]}: missing (a {kind} job needs {', '.join(k for k, r in fields.items() if r)})")
+    if "config" in body:
+        if not isinstance(body["config"], dict):
+            raise BadRequest(f"config: must be a JSON object of config fields, not a JSON {type(body['config']).__name__}")
+        try:
+            FlashGRPOConfig.from_dict(body["config"])
+        except UserError as e:
+            raise BadRequest(f"config: {e}") from None
+    if "resume" in body and not isinstance(body["resume"], bool):
+        raise BadRequest(f"resume: must be true or false, not {body['resume']!r}")
+    if "iteration" in body and not (_is_int(body["iteration"]) and body["iteration"] >= 0):
+        raise BadRequest(f"iteration: must be an integer >= 0, not {body['iteration']!r}")
+    prompts = body.get("prompts", [""])
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise BadRequest("prompts: must be a non-empty list of strings")
+    if kind == "score":
+        rewards = body["rewards"]
+        if not isinstance(rewards, list) or not rewards or not all(isinstance(r, (str, dict)) for r in rewards):
+            raise BadRequest('rewards: must be a non-empty list of reward names or {"name": ...} objects')
+        try:
+            videos = decode_array(body["videos"])
+        except UserError as e:
+            raise BadRequest(f"videos: {e} (expected "
+                             '{"shape": [N, T, H, W, 3], "dtype": "uint8" or "float32", "data": base64 bytes '
+                             "of exactly that shape})") from None
+        if videos.ndim != 5 or videos.shape[-1] != 3:
+            raise BadRequest(f"videos: shape {list(videos.shape)} is not [N, T, H, W, 3]")
+        n, group_size = videos.shape[0], body["group_size"]
+        if len(body["prompts"]) != n:
+            raise BadRequest(f"prompts: {len(body['prompts'])} prompts for {n} videos; give one prompt per video")
+        if not _is_int(group_size) or group_size < 1 or n % group_size:
+            raise BadRequest(f"group_size: {group_size!r} must be a positive integer that divides the {n} videos")
+        if body.get("std_mode", "group") not in STD_MODES:
+            raise BadRequest(f"std_mode: must be one of {', '.join(STD_MODES)}, not {body['std_mode']!r}")
+        clip = body.get("clip", 5.0)
+        if not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0:
+            raise BadRequest(f"clip: must be a number > 0, not {clip!r}")
+    return kind, body
 
 
 def execute(command: dict, runner: LocalRunner, should_stop, on_event, after_job: str = "keep") -> dict | None:
@@ -137,6 +214,9 @@ def execute(command: dict, runner: LocalRunner, should_stop, on_event, after_job
 
 def _run_command(command: dict, runner: LocalRunner, should_stop, on_event) -> dict | None:
     op = command["op"]
+    fault = settings.test_fault_prompt()
+    if fault and fault in command.get("prompts", ()):
+        raise RuntimeError(f"test fault: prompt {fault!r} ({settings.TEST_FAULT_ENV})")
     if op == "train":
         cfg = FlashGRPOConfig.from_dict(command["config"])
         try:
@@ -165,9 +245,10 @@ class Backend:
     """Rank 0's server state: the job queue, the worker loop and the HTTP app."""
 
     def __init__(self, state_dir: Path, control: Control, idle_timeout: float, runner: LocalRunner | None = None,
-                 after_job: str = "keep"):
+                 after_job: str = "keep", owner_pid: int | None = None):
         self.state_dir = state_dir
         self.after_job = after_job
+        self.owner_pid = owner_pid  # the client that started this backend: when it is gone, so is the backend
         self.control = control
         self.runner = runner or LocalRunner()
         self.jobs_run = dict.fromkeys(JOB_KINDS, 0)  # jobs started per kind, reported by /health
@@ -192,6 +273,10 @@ class Backend:
                     return
                 self.control.broadcast({"op": "noop"})
                 continue
+            if self.shutdown.is_set():  # stopping: the queued jobs do not start
+                job.finish("failed", error={"rank": 0, "type": "Shutdown", "user_error": True, "message":
+                                            "the backend shut down before this job started; submit it again"})
+                continue
             self.current = job
             job.state = "running"
             self.jobs_run[job.kind] += 1
@@ -204,16 +289,40 @@ class Backend:
                 job.finish("cancelled" if cancelled else "done", result=result)
             except UserError as e:
                 job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e), "user_error": True})
-            except Exception as e:  # noqa: BLE001 - reported to the client, then the backend stops
-                write_rank_error(self.state_dir, 0, e)
-                job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e)})
-                self.shutdown.set()
-                raise
+            except Exception as e:  # noqa: BLE001 - an internal error: reported to the client
+                # On one process only this job fails; the model is reloaded for the next one.
+                # With several, the other ranks may wait in a collective: the group stops.
+                fatal = self.control.enabled
+                traceback.print_exc()
+                if fatal:
+                    write_rank_error(self.state_dir, 0, e)
+                job.finish("failed", error={"rank": 0, "type": type(e).__name__, "message": str(e), "fatal": fatal})
+                if fatal:
+                    self.shutdown.set()
+                    raise
+                self.runner.drop_warm_pipeline()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             finally:
                 self.current = None
                 self.last_activity = time.time()
                 if self.after_job == "shutdown":  # exit once the client has read the result
                     self.idle_timeout = min(self.idle_timeout, SHUTDOWN_GRACE_S)
+
+    def stop(self, why: str) -> None:
+        """Stop: cancel every job (a running training run ends with a checkpoint), then exit."""
+        print(f"flash-grpo backend stopping: {why}", flush=True)
+        self.shutdown.set()
+        for job in list(self.jobs.values()):
+            job.cancel = True
+
+    def watch_owner(self) -> None:
+        """Stop once the client that started this backend has exited (killed or not)."""
+        while not self.shutdown.is_set():
+            if not process_alive(self.owner_pid):
+                self.stop(f"the client that started it (pid {self.owner_pid}) has exited")
+                return
+            time.sleep(1.0)
 
     # -- HTTP --
     def app(self):
@@ -231,18 +340,19 @@ class Backend:
                 "ok": True, "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                 "model_loads": self.runner.model_loads, "jobs_run": dict(self.jobs_run), "pid": os.getpid(),
                 "after_job": self.after_job,
-                "job": self.current.view() if self.current else None,
+                "job": self.current.view() if self.current else None, "stopping": self.shutdown.is_set(),
             })
 
         async def submit(request):
             try:
                 body = await request.json()
-            except json.JSONDecodeError:
-                return web.json_response({"error": "body is not JSON"}, status=400)
-            kind = body.pop("kind", None)
-            if kind not in JOB_KINDS:
-                return web.json_response({"error": f"kind must be train, sample or score, not {kind!r}"}, status=400)
-            job = Job(kind, body)
+            except ValueError:  # not JSON, or not UTF-8
+                return web.json_response({"error": "the body is not JSON"}, status=400)
+            try:
+                kind, payload = check_job(body)
+            except BadRequest as e:
+                return web.json_response({"error": str(e)}, status=400)
+            job = Job(kind, payload)
             self.jobs[job.id] = job
             self.queue.put(job)
             return web.json_response({"job_id": job.id})
@@ -260,8 +370,14 @@ class Backend:
             import asyncio
 
             job = find(request)
-            after = int(request.query.get("after", 0))
-            wait = min(float(request.query.get("wait", 0)), 30.0)
+            try:
+                after = int(request.query.get("after", 0))
+                wait = min(float(request.query.get("wait", 0)), 30.0)
+                if after < 0 or not wait >= 0:
+                    raise ValueError
+            except ValueError:
+                return web.json_response({"error": "after must be an integer >= 0 and wait a number of seconds >= 0"},
+                                         status=400)
             deadline = time.time() + wait
             while len(job.events) <= after and job.state in ("queued", "running") and time.time() < deadline:
                 await asyncio.sleep(0.1)
@@ -273,9 +389,7 @@ class Backend:
             return web.json_response(job.view())
 
         async def shutdown(request):
-            self.shutdown.set()
-            for job in self.jobs.values():
-                job.cancel = True
+            self.stop("POST /shutdown")
             return web.json_response({"ok": True})
 
         app = web.Application(middlewares=[auth], client_max_size=1024**3)
@@ -306,10 +420,26 @@ class Backend:
             print(f"flash-grpo backend on {info['url']} ({info['world_size']} processes); token in {path}", flush=True)
             while not self.shutdown.is_set() or self.current is not None:
                 await asyncio.sleep(0.2)
-            path.unlink(missing_ok=True)
+            if f'"{self.token}"' in (path.read_text() if path.exists() else ""):  # ours, not a successor's
+                path.unlink(missing_ok=True)
             await runner.cleanup()
 
         asyncio.run(main())
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet waited for, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): the signal test is all there is
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def write_rank_error(state_dir: Path, rank: int, exc: BaseException) -> None:
@@ -325,10 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state-dir", required=True, help="folder for backend.json (URL + token) and error files")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     ap.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
-    ap.add_argument("--idle-timeout", type=float, default=900.0, help="exit after this many idle seconds")
+    ap.add_argument("--idle-timeout", type=float, default=settings.DEFAULT_IDLE_TIMEOUT_S,
+                    help="exit after this many idle seconds")
     ap.add_argument("--after-job", choices=settings.AFTER_JOB_POLICIES, default=None,
                     help="after each job: offload the model to the CPU and empty the CUDA cache (default), keep it "
                     f"on the GPU, or shut down once idle (default: {settings.AFTER_JOB_ENV} or offload)")
+    ap.add_argument("--owner-pid", type=int, default=None,
+                    help="exit (after cancelling its jobs) once this process, the client that started it, has exited")
     ap.add_argument("--allow-remote", action="store_true",
                     help="allow a non-loopback --host (multi-node setups behind your own network controls)")
     args = ap.parse_args(argv)
@@ -349,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     runner = LocalRunner()  # this rank's warm model
     try:
         if rank == 0:
-            backend = Backend(state_dir, control, args.idle_timeout, runner, after_job)
+            backend = Backend(state_dir, control, args.idle_timeout, runner, after_job, owner_pid=args.owner_pid)
+            if args.owner_pid is not None:
+                threading.Thread(target=backend.watch_owner, daemon=True).start()
             worker_error = []
 
             def run_worker():

@@ -6,8 +6,10 @@
    (e.g. with torchrun on several machines); used as is.
 2. ``<state dir>/backend.json`` of a live backend with the requested number of processes.
 3. Otherwise a new one: ``python -m torch.distributed.run --standalone --nproc_per_node <gpus> -m
-   trainer.backend``, in its own session so it outlives this process (a run outlives the browser
-   tab or the terminal that started it); its output goes to ``<state dir>/backend.log``.
+   trainer.backend``, in its own session; its output goes to ``<state dir>/backend.log``. It
+   watches the process that started it and exits (its jobs cancelled, a run checkpointed) once
+   that process has exited, even by SIGKILL, unless launched ``detached`` (``trainer.run
+   --detach``: the run outlives the terminal). ComfyUI keeps its backend while it runs.
 
 The state dir is ``FLASH_GRPO_STATE_DIR`` or ``~/.cache/flash_grpo/backend``. ``run_job`` follows a
 job's events; when the backend dies it raises ``BackendError`` naming the rank and the cause
@@ -77,11 +79,12 @@ class BackendClient:
     def health(self) -> dict:
         return self.request("GET", "/health", timeout=5.0)
 
-    def diagnose(self, what: str) -> str:
+    def diagnose(self, what: str, run_dir: str | None = None) -> str:
         """Explain a lost backend: which rank failed and why, from torchrun's log and error files.
 
         A rank killed by a signal shows only in torchrun's log; the ranks that then failed in a
-        collective wrote error files. Deaths are listed first: they are the cause.
+        collective wrote error files. Deaths are listed first: they are the cause. ``run_dir``:
+        the run the job was training, if it had started one (the resume hint names it).
         """
         parts = [what]
         directory = self.directory or state_dir()
@@ -102,7 +105,8 @@ class BackendClient:
                 parts.append(f"rank {info['rank']} failed: {cause}: {info['message'][:300]}")
             except (OSError, ValueError, KeyError):
                 continue
-        parts.append("Checkpoints written so far are intact; resume the run. The next request starts a fresh backend.")
+        hint = resume_hint(run_dir)
+        parts.append(f"{hint + ' ' if hint else ''}The next request starts a fresh backend.")
         return "\n".join(parts)
 
     def wait_for_exit(self, timeout: float = 30.0) -> None:
@@ -122,13 +126,14 @@ class BackendClient:
     def run_job(self, kind: str, payload: dict, on_event: Callable[[dict], None] = lambda e: None,
                 should_stop: Callable[[], bool] = lambda: False, job_id: str | None = None) -> dict:
         """Submit (or re-attach to ``job_id``) and follow a job to its end; return its result."""
+        run: dict = {}  # the run directory, once the job's "start" or "resume" event names it
         try:
-            return self._follow(kind, payload, on_event, should_stop, job_id)
+            return self._follow(kind, payload, on_event, should_stop, job_id, run)
         except BackendUnreachable as e:
             self.wait_for_exit()
-            raise BackendError(self.diagnose(f"lost the backend during the job: {e}")) from None
+            raise BackendError(self.diagnose(f"lost the backend during the job: {e}", run.get("dir"))) from None
 
-    def _follow(self, kind, payload, on_event, should_stop, job_id):
+    def _follow(self, kind, payload, on_event, should_stop, job_id, run):
         if job_id is None:
             job_id = self.request("POST", "/jobs", {"kind": kind, **payload})["job_id"]
         seen, cancel_sent = 0, False
@@ -140,6 +145,8 @@ class BackendClient:
                     raise JobAbandoned(f"stopped waiting for the backend's {kind} job {job_id}")
             reply = self.request("GET", f"/jobs/{job_id}/events?after={seen}&wait=2", timeout=40.0)
             for event in reply["events"]:
+                if event.get("run_dir"):
+                    run["dir"] = event["run_dir"]
                 try:
                     on_event(event)
                 except BaseException:
@@ -155,9 +162,16 @@ class BackendClient:
                 message = err.get("message", "unknown error")
                 if err.get("user_error"):
                     raise UserError(message)
+                cause = f"{err.get('type')}: {message[:300]}"
+                if err.get("fatal") is False:  # only this job failed; the backend serves on
+                    hint = resume_hint(run.get("dir"))
+                    log = (self.directory or state_dir()) / "backend.log"
+                    raise BackendError(f"the {kind} job failed in the backend (internal error: {cause}); the "
+                                       f"backend is still up and its traceback is in {log}."
+                                       + (f" {hint}" if hint else ""))
                 self.wait_for_exit()
                 raise BackendError(self.diagnose(
-                    f"the backend failed during the job (rank {err.get('rank')}: {err.get('type')}: {message[:300]})"))
+                    f"the backend failed during the job (rank {err.get('rank')}: {cause})", run.get("dir")))
 
     def _cancel_and_wait(self, job_id: str, timeout: float = 600.0) -> None:
         """Cancel ``job_id`` and wait until it has ended (its checkpoint written); best effort."""
@@ -185,6 +199,13 @@ class BackendClient:
                 os.killpg(self.process.pid, signal.SIGTERM)
 
 
+def resume_hint(run_dir: str | None) -> str:
+    """The "checkpoints are intact; resume the run" hint when ``run_dir`` holds a checkpoint, else ""."""
+    if run_dir and (Path(run_dir) / "checkpoints" / "latest.pt").is_file():
+        return f"Checkpoints written so far are intact in {run_dir}; resume the run."
+    return ""
+
+
 def _read_state(directory: Path) -> dict | None:
     try:
         return json.loads((directory / "backend.json").read_text())
@@ -192,19 +213,31 @@ def _read_state(directory: Path) -> dict | None:
         return None
 
 
-def launch(gpus: int, directory: Path | None = None, timeout: float = 300.0) -> BackendClient:
-    """Start a backend with ``gpus`` processes and wait until it answers."""
+LAUNCHED: list[subprocess.Popen] = []
+"""The backends this process started and that stop with it (not detached); see ``stop_launched``."""
+
+
+def launch(gpus: int, directory: Path | None = None, timeout: float = 300.0, detached: bool = False) -> BackendClient:
+    """Start a backend with ``gpus`` processes and wait until it answers.
+
+    It exits once this process has exited (killed or not), its jobs cancelled, unless
+    ``detached``; either way after ``FLASH_GRPO_IDLE_TIMEOUT`` idle seconds."""
+    idle_timeout = settings.idle_timeout()
     directory = directory or state_dir()
     directory.mkdir(parents=True, exist_ok=True)
     for stale in list(directory.glob("rank*.error.json")) + [directory / "backend.json"]:
         stale.unlink(missing_ok=True)
     log = open(directory / "backend.log", "w")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-           "-m", "trainer.backend", "--state-dir", str(directory)]
+           "-m", "trainer.backend", "--state-dir", str(directory), "--idle-timeout", str(idle_timeout)]
+    if not detached:
+        cmd += ["--owner-pid", str(os.getpid())]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(gpus, 1))))
     process = subprocess.Popen(cmd, cwd=PACKAGE_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
                                start_new_session=True)
+    if not detached:
+        LAUNCHED.append(process)
     deadline = time.time() + timeout
     while time.time() < deadline:
         info = _read_state(directory)
@@ -223,8 +256,25 @@ def launch(gpus: int, directory: Path | None = None, timeout: float = 300.0) -> 
     raise BackendError(f"the backend did not start within {timeout:.0f} s; see {directory / 'backend.log'}")
 
 
-def connect(gpus: int = 1, directory: Path | None = None) -> BackendClient:
-    """A client for a backend with ``gpus`` processes: the configured one, a live one, or a new one."""
+def stop_launched(timeout: float = 30.0) -> None:
+    """Stop the backends this process started (not detached) that still run: SIGTERM to their
+    process group, SIGKILL after ``timeout`` s. For a test session's end, pass or fail."""
+    for process in LAUNCHED:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            except ProcessLookupError:
+                pass
+    LAUNCHED.clear()
+
+
+def connect(gpus: int = 1, directory: Path | None = None, detached: bool = False) -> BackendClient:
+    """A client for a backend with ``gpus`` processes: the configured one, a live one, or a new
+    one (``launch``; ``detached``: it outlives this process)."""
     address = settings.backend_address()
     if address:
         url, token = address
@@ -238,10 +288,11 @@ def connect(gpus: int = 1, directory: Path | None = None) -> BackendClient:
         client = BackendClient(info["url"], info["token"], None, directory)
         try:
             health = client.health()
-            if health.get("world_size") == gpus:
+            if health.get("world_size") == gpus and not health.get("stopping"):
                 return client
-            client.shutdown()  # a live backend with another process count: replace it
-            time.sleep(1.0)
+            if not health.get("stopping"):
+                client.shutdown()  # a live backend with another process count: replace it
+            client.wait_for_exit(timeout=600.0)  # a stopping one first ends its job (with a checkpoint)
         except BackendError:
             pass
-    return launch(gpus, directory)
+    return launch(gpus, directory, detached=detached)

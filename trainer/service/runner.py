@@ -190,25 +190,27 @@ class BackendRunner:
     failure. ``client``: an already connected ``BackendClient`` to use instead.
     """
 
-    def __init__(self, gpus: int = 1, client: client_lib.BackendClient | None = None):
+    def __init__(self, gpus: int = 1, client: client_lib.BackendClient | None = None, detached: bool = False):
         self.gpus = gpus
         self._client = client
+        self.detached = detached  # a backend this runner starts outlives this process
 
     def connection(self) -> client_lib.BackendClient:
         """The backend client (reconnects when the backend died or has another process count)."""
         c = self._client
         if c is None or c.process is not None and c.process.poll() is not None:
-            self._client = client_lib.connect(self.gpus)
+            self._client = client_lib.connect(self.gpus, detached=self.detached)
         else:
             try:
                 if c.health().get("world_size") != self.gpus:
-                    self._client = client_lib.connect(self.gpus)
+                    self._client = client_lib.connect(self.gpus, detached=self.detached)
             except client_lib.BackendError:
-                self._client = client_lib.connect(self.gpus)
+                self._client = client_lib.connect(self.gpus, detached=self.detached)
         return self._client
 
     def train(self, cfg, resume=False, should_stop=lambda: False, on_event=lambda e: None) -> RunResult:
-        out = self.connection().run_job("train", {"config": cfg.to_dict(), "resume": resume},
+        # the backend runs in another folder: paths go as the user meant them, absolute
+        out = self.connection().run_job("train", {"config": cfg.with_absolute_paths().to_dict(), "resume": bool(resume)},
                                         on_event=on_event, should_stop=should_stop)
         result = RunResult(Path(out["run_dir"]), Path(out["lora_path"]) if out.get("lora_path") else None,
                            out["iterations_done"], out["cancelled"], out.get("summary", {}))
@@ -217,7 +219,7 @@ class BackendRunner:
         return result
 
     def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False) -> SampleResult:
-        out = self.connection().run_job("sample", {"config": cfg.to_dict(), "prompts": list(prompts),
+        out = self.connection().run_job("sample", {"config": cfg.with_absolute_paths().to_dict(), "prompts": list(prompts),
                                                    "iteration": int(iteration)}, should_stop=should_stop)
         videos = decode_array(out["videos"]).float() / 255.0  # travels as uint8
         return SampleResult(videos=videos, steps=out["steps"], prompts=out["prompts"], seed=out["seed"])
@@ -238,10 +240,11 @@ class BackendRunner:
         self._client = None
 
 
-def make_runner(gpus: int = 1, in_process: bool = False) -> Runner:
-    """The runner for jobs on ``gpus`` processes: the backend, or this process (one process only)."""
+def make_runner(gpus: int = 1, in_process: bool = False, detached: bool = False) -> Runner:
+    """The runner for jobs on ``gpus`` processes: the backend (``detached``: one that outlives
+    this process), or this process (one process only)."""
     if in_process:
         if gpus != 1:
             raise UserError(f"gpus={gpus}: in-process jobs use one process; multi-GPU runs go through the backend.")
         return LocalRunner()
-    return BackendRunner(gpus)
+    return BackendRunner(gpus, detached=detached)
