@@ -1,4 +1,4 @@
-"""Run a workflow headlessly: ``python -m trainer.run example_workflows/align.json``.
+"""Run a workflow headlessly: ``python -m trainer.run workflows/align.json``.
 
 The workflow may be in ComfyUI's UI format (Save) or API format (Export (API)); it is made of
 this pack's node types (``trainer.graph.node_types``), executed exactly as ComfyUI would.

@@ -132,3 +132,12 @@ def test_generate_template_loads_the_lora_align_publishes_and_samples_as_it_was_
     _seed, _control, steps, cfg_scale, sampler, scheduler, denoise = gen["KSampler"]["widgets_values"]
     assert cfg_scale == cfg.guidance_scale and steps == cfg.eval_sampling_steps
     assert (sampler, scheduler, denoise) == ("euler", "simple", 1)  # the Euler ODE of the evaluation
+
+
+def test_the_headless_workflows_are_the_templates():
+    """``workflows/`` holds what ``python -m trainer.run workflows/<name>.json`` runs; each is the
+    same file as the template ComfyUI lists from ``example_workflows/``."""
+    headless = sorted((ROOT / "workflows").glob("*.json"))
+    assert {p.stem for p in headless} >= {"align", "demo"}
+    for path in headless:
+        assert (TEMPLATES / path.name).read_bytes() == path.read_bytes(), f"{path} differs from its template"

@@ -15,7 +15,7 @@ def test_toy_model_loads_through_the_diffusers_folder_path():
     for name in ("model_index.json", "transformer", "text_encoder", "tokenizer", "vae", "scheduler"):
         assert (TOY_MODEL_DIR / name).exists(), name
     size = sum(p.stat().st_size for p in TOY_MODEL_DIR.rglob("*") if p.is_file())
-    assert size < 4_000_000
+    assert size < 8_000_000  # a few MB: 1.2M float32 transformer parameters
     by_name, by_path = load_pipeline("toy"), load_pipeline(str(TOY_MODEL_DIR))
     assert type(by_name).__name__ == "WanPipeline"
     a, b = by_name.transformer.state_dict(), by_path.transformer.state_dict()
