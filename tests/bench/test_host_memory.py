@@ -10,4 +10,5 @@ def test_peak_rss_per_extra_video_is_bounded_by_two_uint8_videos():
     # Keeping the decoded videos as float32 costs >= 4 uint8 videos per video (the reward's copy
     # and the latents add more); chunked uint8 decoding measured about 1.2 here.
     assert out["growth_per_video_over_uint8_video"] < 2.0, out
-    assert all(r["peak_rss"] > r["peak_rss_before_iteration"] > 0 for r in out["runs"])
+    # ru_maxrss is a high-water mark: the iteration's peak is at least setup's (equal when setup peaked higher)
+    assert all(r["peak_rss"] >= r["peak_rss_before_iteration"] > 0 for r in out["runs"])
