@@ -79,8 +79,9 @@ PEAK_TFLOPS = [
 """Dense bf16 tensor-core peak (TFLOPS) by a substring of ``torch.cuda.get_device_name()``; the
 first match wins (so "H100 PCIe" before the SXM "H100")."""
 
-REFERENCE_ITERATION = dict(videos=64, steps=20, transitions=64)
-"""Flash-GRPO preset (8 prompts x 8 videos, 20 sampling steps, one trained step per video)."""
+PRESET_ITERATION = dict(videos=64, steps=20, transitions=64)
+"""One iteration of Flash-GRPO's Wan2.1-1.3B recipe (arXiv 2605.15980): B = 8 prompts x G = 8
+videos, T = 20 sampling steps, one trained SDE step per video."""
 
 TINY = dict(frames=5, height=32, width=32)
 """Resolution of ``--tiny-test`` (latents [4, 2, 4, 4] with the tiny config: 8 tokens)."""
@@ -338,12 +339,13 @@ def utilisation(flops: dict, measured: dict, peak: float | None) -> dict:
     }
 
 
-def reference_iteration(measured: dict, batch: int) -> float | None:
-    """GPU-seconds of the transformer work of one preset iteration at the measured speeds."""
+def preset_iteration_seconds(measured: dict, batch: int) -> float | None:
+    """GPU-seconds of the transformer work of one preset iteration at the measured speeds:
+    ``(videos * T * t_rollout_step + transitions * t_update) / batch``."""
     t_roll, t_upd = measured.get("rollout_step_s"), measured.get("update_s")
     if not (t_roll and t_upd):
         return None
-    it = REFERENCE_ITERATION
+    it = PRESET_ITERATION
     return (it["videos"] * it["steps"] * t_roll + it["transitions"] * t_upd) / batch
 
 
@@ -481,11 +483,11 @@ def main(argv=None) -> int:
                       measured=measured, utilisation=util)
         print()
         print(measured_table(flops, measured, util, device_name, peak))
-        it = reference_iteration(measured, args.batch)
-        result["reference_iteration_gpu_seconds"] = it
+        it = preset_iteration_seconds(measured, args.batch)
+        result["preset_iteration_gpu_seconds"] = it
         if it is not None and not args.tiny_test:
-            print(f"\nTransformer work of one preset iteration ({REFERENCE_ITERATION['videos']} videos x "
-                  f"{REFERENCE_ITERATION['steps']} steps + {REFERENCE_ITERATION['transitions']} updates, "
+            print(f"\nTransformer work of one preset iteration ({PRESET_ITERATION['videos']} videos x "
+                  f"{PRESET_ITERATION['steps']} steps + {PRESET_ITERATION['transitions']} updates, "
                   f"no VAE/reward) at these speeds: {it / 60:.1f} GPU-minutes.")
 
     if not (args.no_plan or args.tiny_test):

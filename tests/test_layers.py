@@ -184,7 +184,8 @@ def test_the_checker_sees_function_level_imports_and_cycles():
 
 
 def test_no_file_cites_a_document_outside_the_repository():
-    pattern = re.compile(r"REFERENCE(\.md)?\s*(,\s*)?sections?\b", re.IGNORECASE)
+    name = "REFER" "ENCE"  # split, so that this file does not match itself
+    pattern = re.compile(name + r"(\.md)?\s*(,\s*)?sections?\b", re.IGNORECASE)
     files = [*MODULES.values(), ROOT / "README.md", *sorted((ROOT / "tests").rglob("*.py"))]
     cited = [f"{f.relative_to(ROOT)}:{i}" for f in files if f != Path(__file__)
              for i, line in enumerate(f.read_text().splitlines(), 1) if pattern.search(line)]

@@ -10,6 +10,7 @@ Presets (``PRESETS``) are partial dicts applied on top of the defaults.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import json
@@ -273,7 +274,7 @@ class FlashGRPOConfig:
         if preset:
             if preset not in PRESETS:
                 raise UserError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
-            values.update(PRESETS[preset])
+            values.update(copy.deepcopy(PRESETS[preset]))  # a config never shares a preset's lists
         names = cls.field_names()
         for key, value in data.items():
             if key not in names:

@@ -10,32 +10,26 @@ from typing import Any
 
 from ..toy import world as toy_world
 
+_FLASH_GRPO_1_3B = dict(
+    height=480, width=832, num_frames=81, sampling_steps=20, eval_sampling_steps=50, shift=3.0,
+    guidance_scale=4.5, strategy="flash", iso_temporal=True, rectification=True,
+    noise_schedule="flash", window_start=0, window_end=10, lora_rank=16, lora_alpha=32.0,
+    learning_rate=1e-4, weight_decay=1e-4, max_grad_norm=1.0, clip_range=1e-3,
+    advantage_clip=5.0, kl_beta=0.0, group_size=8, prompts_per_iteration=8, ema_decay=0.9,
+    dtype="bfloat16", device="cuda", iterations=300, micro_batch_size=2, rollout_batch_size=2,
+    decode_batch_size=1, vae_tiling=True, gradient_checkpointing=True, checkpoint_every=10,
+    rewards=[{"name": "brightness", "weight": 1.0}],
+)
+"""Flash-GRPO's published recipe for Wan2.1-T2V-1.3B (Flash-GRPO, arXiv 2605.15980): 20 UniPC flow
+steps, shift 3, k uniform over the first 10 steps, LoRA r16/alpha 32, AdamW 1e-4, G = 8, EMA 0.9."""
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # Flash-GRPO's published recipe for Wan2.1-T2V-1.3B (Flash-GRPO, arXiv 2605.15980): 20 UniPC flow
-    # steps, shift 3, k uniform over the first 10 steps, LoRA r16/alpha 32, AdamW 1e-4, G = 8, EMA 0.9.
-    "flash_grpo_wan2.1_1.3b": dict(
-        height=480, width=832, num_frames=81, sampling_steps=20, eval_sampling_steps=50, shift=3.0,
-        guidance_scale=4.5, strategy="flash", iso_temporal=True, rectification=True,
-        noise_schedule="flash", window_start=0, window_end=10, lora_rank=16, lora_alpha=32.0,
-        learning_rate=1e-4, weight_decay=1e-4, max_grad_norm=1.0, clip_range=1e-3,
-        advantage_clip=5.0, kl_beta=0.0, group_size=8, prompts_per_iteration=8, ema_decay=0.9,
-        dtype="bfloat16", device="cuda", iterations=300, micro_batch_size=2, rollout_batch_size=2,
-        decode_batch_size=1, vae_tiling=True, gradient_checkpointing=True, checkpoint_every=10,
-        rewards=[{"name": "brightness", "weight": 1.0}],
-    ),
+    "flash_grpo_wan2.1_1.3b": _FLASH_GRPO_1_3B,
     # The same recipe on one 24 GB card: 49 frames instead of 81 at 480x832 (bench.memory_plan
     # plans 13.9 GiB at its peak, the text encoder's visit at setup, and 11.9 GiB for the update),
     # one trajectory per rollout forward, one transition per update forward, tiled VAE decoding.
-    "flash_grpo_wan2.1_1.3b_24gb": dict(
-        height=480, width=832, num_frames=49, sampling_steps=20, eval_sampling_steps=50, shift=3.0,
-        guidance_scale=4.5, strategy="flash", iso_temporal=True, rectification=True,
-        noise_schedule="flash", window_start=0, window_end=10, lora_rank=16, lora_alpha=32.0,
-        learning_rate=1e-4, weight_decay=1e-4, max_grad_norm=1.0, clip_range=1e-3,
-        advantage_clip=5.0, kl_beta=0.0, group_size=8, prompts_per_iteration=8, ema_decay=0.9,
-        dtype="bfloat16", device="cuda", iterations=300, micro_batch_size=1, rollout_batch_size=1,
-        decode_batch_size=1, vae_tiling=True, gradient_checkpointing=True, checkpoint_every=10,
-        rewards=[{"name": "brightness", "weight": 1.0}],
-    ),
+    "flash_grpo_wan2.1_1.3b_24gb": {**_FLASH_GRPO_1_3B, "num_frames": 49, "micro_batch_size": 1,
+                                    "rollout_batch_size": 1},
     # Flow-GRPO's Wan recipe (Flow-GRPO, arXiv 2505.05470): full-trajectory SDE with
     # s(t) = a sqrt(t / (1 - t)), a = 0.7, the first 99% of the steps trained, KL beta 0.004.
     "flow_grpo_wan2.1_1.3b": dict(
