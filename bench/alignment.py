@@ -109,6 +109,7 @@ seeds, evaluation excluded).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing
 import os
@@ -129,14 +130,23 @@ import torch  # noqa: E402
 from trainer.engine.config import PRESETS, FlashGRPOConfig, parse_set_items  # noqa: E402
 from trainer.engine.data import DEFAULT_PROMPTS, PromptSet, read_prompt_file  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
+from trainer.toy import world as toy_world  # noqa: E402
 
 # The defaults: the pretrained toy model on the toy_demo preset's 64 captions (16 held out), with
 # the exact position reward.
 DEFAULT_PRESET = "toy_demo"
 DEFAULT_MODEL = "toy"
-DEFAULT_REWARD = "toy_position"
-DEFAULT_BUDGET = 12_000  # FE per run: ~58 flash iterations (208 FE each), ~20 flow_grpo (592)
+DEFAULT_REWARD = "toy_size"
+DEFAULT_BUDGET = 24_000  # FE per run: ~27 flash iterations of 4 x 8 videos (896 FE each), ~8 flow_grpo
+DEFAULT_LRS = "3e-4,6e-4,1.2e-3"
 DEFAULT_OUT = "bench/results/alignment"
+CAPTION_SEED = 7  # the toy captions of train / validation / test
+# Shared by every arm on top of the preset: the published LoRA init; 8 videos decoded per call.
+BASE_OVERRIDES = {"lora_init": "gaussian", "decode_batch_size": 8}
+# --reduced: what it sets unless given (shorter runs, no sweep: every arm at lr 6e-4, with the
+# Gaussian init about what the demo's 3e-3 is with peft's smaller default init)
+REDUCED = ["--lrs", "6e-4", "--budget", "16000", "--test-prompts", "32", "--snr-batches", "4", "--seeds", "0,1,2"]
+GRAD_ITERATION_OFFSET = 10_000  # iteration indices of the gradient batches (streams apart from training)
 
 EVAL_SEED = 0  # noise seed of the held-out ODE samples, the same for every run
 BACKWARD_FE = 2  # a backward pass counts as this many forward passes
@@ -156,12 +166,16 @@ ARMS: dict[str, dict] = {
     # group differ only through the one SDE step (and its ODE prefix is computed once).
     "flash_shared": {"strategy": "flash", "iso_temporal": True, "rectification": True,
                      "noise_schedule": "flash", "noise_level": None, "shared_noise": True},
+    # Beyond the paper: flash_shared whose trajectories finish after the SDE step in a few steps of
+    # a second-order multistep solver (``ode_tail_steps``): the tail only makes the scored video.
+    "flash_cheap": {"strategy": "flash", "iso_temporal": True, "rectification": True,
+                    "noise_schedule": "flash", "noise_level": None, "shared_noise": True, "ode_tail_steps": 3},
     "flow_grpo": {"strategy": "flow_grpo", "rectification": False, "noise_schedule": "flow_grpo",
                   "noise_level": 0.7, "timestep_fraction": 0.99, "shared_noise": None},
     "dance": {"strategy": "dance", "rectification": False, "noise_schedule": "dance",
               "noise_level": None, "shared_noise": True},
     "mixgrpo": {"strategy": "mixgrpo", "rectification": False, "noise_schedule": "flow_grpo",
-                "noise_level": None, "shared_noise": None},
+                "noise_level": None, "shared_noise": True},
 }
 
 
@@ -178,15 +192,45 @@ def parse_reward_spec(spec: str) -> list:
 
 def base_values(args: argparse.Namespace) -> dict:
     """Config fields shared by every arm (on top of ``--preset``), before the arm's overrides."""
-    values = {"model": args.model, "rewards": parse_reward_spec(args.reward), "sample_videos": False}
-    if args.eval_prompts is not None:
-        values["eval_prompts"] = args.eval_prompts
-    return values
+    return {"model": args.model, "rewards": parse_reward_spec(args.reward), "sample_videos": False,
+            **BASE_OVERRIDES}
 
 
-def arm_config(preset: str, base: dict, arm: str, seed: int, extra: dict) -> FlashGRPOConfig:
-    """The config of one run: preset, shared ``base``, the arm's overrides, ``--set``, seed."""
-    return FlashGRPOConfig.from_dict({**base, **ARMS[arm], **extra, "seed": seed}, preset=preset)
+def arm_config(preset: str, base: dict, arm: str, seed: int, extra: dict, lr: float | None = None) -> FlashGRPOConfig:
+    """The config of one run: preset, shared ``base``, the arm's overrides, ``--set``, seed, lr."""
+    values = {**base, **ARMS[arm], **extra, "seed": seed}
+    if lr is not None:
+        values["learning_rate"] = lr
+    return FlashGRPOConfig.from_dict(values, preset=preset)
+
+
+def prompt_sets(args: argparse.Namespace, base_cfg: FlashGRPOConfig) -> dict[str, list[str]]:
+    """Disjoint ``train`` / ``val`` / ``test`` prompts. ``--prompts toy``: distinct toy-world
+    captions (seed ``CAPTION_SEED``) with the ``--fix`` attributes; ``--prompts preset``: the
+    config's own prompts, shuffled with the base seed and split. ``UserError`` when too few."""
+    need = args.train_prompts + args.val_prompts + args.test_prompts
+    if args.prompts == "toy":
+        fixed = dict(item.split("=", 1) for item in args.fix.split(",") if item.strip())
+        pool = list(dict.fromkeys(toy_world.captions(20 * need, seed=CAPTION_SEED, **fixed)))
+    else:
+        prompts = (read_prompt_file(base_cfg.prompt_file) if base_cfg.prompt_file
+                   else (list(base_cfg.prompts) or DEFAULT_PROMPTS))
+        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(base_cfg.seed)).tolist()
+        pool = [prompts[i] for i in order]
+    if len(pool) < need:
+        raise UserError(f"{len(pool)} distinct prompts, but --train-prompts + --val-prompts + --test-prompts "
+                        f"ask for {need}; ask for fewer.")
+    test, val = pool[: args.test_prompts], pool[args.test_prompts: args.test_prompts + args.val_prompts]
+    train = pool[args.test_prompts + args.val_prompts: need]
+    return {"train": train, "val": val, "test": test}
+
+
+def trained_attributes(rewards: list[dict]) -> set[str]:
+    """The toy-world attributes the rewards score (``toy_caption``: all of them)."""
+    names = {r["name"] for r in rewards}
+    if "toy_caption" in names:
+        return set(toy_world.ATTRIBUTES)
+    return {n.removeprefix("toy_") for n in names if n.removeprefix("toy_") in toy_world.ATTRIBUTES}
 
 
 # ------------------------------------------------------------------------------ one run ----
@@ -224,43 +268,52 @@ class ComputeCounter:
         self._handle.remove()
 
 
-def evaluate_heldout(recipe) -> list[float]:
-    """Reward of deterministic ODE samples of the held-out prompts (EMA weights when EMA is on)."""
+def evaluate_heldout(recipe, watch) -> dict:
+    """Deterministic ODE samples of the held-out prompts (EMA weights when EMA is on): the trained
+    reward per prompt, and with ``watch`` (the toy world's ``toy_caption`` reward, or None) the
+    probability of each caption attribute and whether each video kept its object."""
     with recipe.ema_weights():
         videos = recipe.sample(recipe.prompts.eval, seed=EVAL_SEED)
-    return recipe.reward_fn(videos, recipe.prompts.eval).scores.tolist()
+    out = {"scores": recipe.reward_fn(videos, recipe.prompts.eval).scores.tolist()}
+    if watch is not None:
+        seen = watch(videos, recipe.prompts.eval)
+        out["attributes"] = {k: float(v.mean()) for k, v in seen.details.items() if k != "accuracy"}
+        out["objects_kept"] = float(np.mean([r["object_kept"] for r in seen.readings]))
+    return out
+
+
+def _setup_run(task: dict):
+    """A recipe for ``task`` on the base weights (the base config's seed), with the task's own
+    training and held-out prompts; and the watch reward (``None`` without one)."""
+    from trainer.engine.models import load_pipeline
+    from trainer.engine.recipe import FlashGRPORecipe, resolve_device_and_dtype
+    from trainer.rewards import build_reward_set
+
+    if task.get("threads", 0) > 0:
+        torch.set_num_threads(task["threads"])
+    cfg = FlashGRPOConfig.from_dict(task["config"])
+    run_dir = Path(task["run_dir"])
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # every run starts afresh
+    _, dtype = resolve_device_and_dtype(cfg)
+    pipe = load_pipeline(cfg.model, shift=cfg.shift, dtype=dtype, seed=task["base_seed"])
+    recipe = FlashGRPORecipe(cfg, run_dir=run_dir, pipeline=pipe).setup(training=True)
+    recipe.prompts = PromptSet(train=list(task["train_prompts"]), eval=list(task["eval_prompts"]), seed=cfg.seed)
+    watch = build_reward_set([{"name": task["watch"]}]) if task.get("watch") else None
+    return cfg, recipe, watch
 
 
 def run_arm(task: dict) -> dict:
     """Train one (arm, seed) until ``task["budget"]`` FE are spent; return its raw series.
 
     ``task``: ``arm``, ``seed``, ``config`` (a ``FlashGRPOConfig`` dict), ``base_seed`` (base
-    weights and held-out split), ``budget``, ``eval_every``, ``run_dir``, ``threads``. Runs in the
+    weights), ``train_prompts`` / ``eval_prompts``, ``watch`` (a reward name or ""), ``budget``,
+    ``eval_every``, ``run_dir``, ``threads``, ``phase`` (``sweep`` or ``main``). Runs in the
     calling process (a worker of ``run_all`` or the main process with ``--jobs 1``).
     """
-    from trainer.engine.models import load_pipeline
-    from trainer.engine.recipe import FlashGRPORecipe, resolve_device_and_dtype
-
-    if task.get("threads", 0) > 0:
-        torch.set_num_threads(task["threads"])
     t_start = time.perf_counter()
-    cfg = FlashGRPOConfig.from_dict(task["config"])
+    cfg, recipe, watch = _setup_run(task)
     budget, eval_every = float(task["budget"]), float(task["eval_every"])
-    run_dir = Path(task["run_dir"])
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # every run starts afresh
-
-    # Same base weights for every run: the base config's seed, not the run's.
-    _, dtype = resolve_device_and_dtype(cfg)
-    pipe = load_pipeline(cfg.model, shift=cfg.shift, dtype=dtype, seed=task["base_seed"])
-    recipe = FlashGRPORecipe(cfg, run_dir=run_dir, pipeline=pipe).setup(training=True)
-    # Same held-out prompts for every run (split with the base seed); training order from the run's seed.
-    prompts = read_prompt_file(cfg.prompt_file) if cfg.prompt_file else (list(cfg.prompts) or DEFAULT_PROMPTS)
-    split = PromptSet.build(prompts, cfg.eval_prompts, task["base_seed"])
-    recipe.prompts = PromptSet(train=split.train, eval=split.eval, seed=cfg.seed)
-    if not recipe.prompts.eval:
-        raise SystemExit("no held-out prompts: use --eval-prompts K with K >= 1")
-
     counter = ComputeCounter(recipe.transformer)
     iterations, heldout = [], []
     eval_seconds = 0.0
@@ -268,10 +321,10 @@ def run_arm(task: dict) -> dict:
     def evaluate(compute: float, done: int) -> None:
         nonlocal eval_seconds
         t0 = time.perf_counter()
-        scores = evaluate_heldout(recipe)
+        seen = evaluate_heldout(recipe, watch)
         eval_seconds += time.perf_counter() - t0
-        heldout.append({"compute": compute, "iterations": done, "mean": float(np.mean(scores)),
-                        "scores": scores})
+        heldout.append({"compute": compute, "iterations": done, "optimizer_steps": recipe.optimizer_steps,
+                        "mean": float(np.mean(seen["scores"])), **seen})
 
     compute = 0.0
     evaluate(compute, 0)
@@ -290,6 +343,7 @@ def run_arm(task: dict) -> dict:
             "iteration": it, "compute_start": compute, "compute_end": compute + cost,
             "rollout_fe": no_grad_rows, "update_fe": (1 + BACKWARD_FE) * grad_rows,
             "forward_rows": event["forward_rows"], "transitions": event["transitions"],
+            "optimizer_steps": recipe.optimizer_steps,
             "reward_mean": event["reward_mean"], "reward_std": event["reward_std"],
             "seconds": event["seconds"]["total"],
         })
@@ -302,11 +356,53 @@ def run_arm(task: dict) -> dict:
             next_eval = (compute // eval_every + 1) * eval_every
     counter.close()
     return {
-        "strategy": task["arm"], "seed": task["seed"], "run_dir": str(run_dir), "config": cfg.to_dict(),
+        "phase": task.get("phase", "main"), "strategy": task["arm"], "seed": task["seed"],
+        "learning_rate": cfg.learning_rate, "run_dir": str(task["run_dir"]), "config": cfg.to_dict(),
         "iterations": iterations, "heldout": heldout, "final_compute": compute,
         "train_seconds": sum(r["seconds"] for r in iterations), "eval_seconds": eval_seconds,
         "total_seconds": time.perf_counter() - t_start,
     }
+
+
+def gradient_snr(task: dict) -> dict:
+    """The policy gradient of ``task["batches"]`` independent batches at the base model.
+
+    Each batch is one iteration (rollout, rewards, advantages, update) whose optimizer step is
+    undone afterwards (LoRA, optimizer, EMA restored), so every gradient is taken at the same
+    weights; the config has ``updates_per_iteration = 1``, so the gradient is the whole batch's.
+    With ``g_b = s + n_b`` (signal plus independent noise), the mean cosine between two batches'
+    gradients estimates ``|s|^2 / (|s|^2 + E|n|^2)``: the share of a batch gradient that is
+    signal; ``snr = cos / (1 - cos)``.
+    """
+    from trainer.engine import lora as lora_lib
+
+    cfg, recipe, _ = _setup_run(task)
+    params = dict(lora_lib.lora_parameters(recipe.transformer))
+    saved = {n: p.detach().clone() for n, p in params.items()}
+    optim = copy.deepcopy(recipe.optimizer.state_dict())
+    grads = []
+    for b in range(task["batches"]):
+        recipe.run_iteration(GRAD_ITERATION_OFFSET + b)
+        if recipe.optimizer_steps:  # a batch without any signal takes no step and has no gradient
+            grads.append(torch.cat([p.grad.detach().flatten().double() for p in params.values()
+                                    if p.grad is not None]))
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n])
+                p.grad = None
+        recipe.optimizer.load_state_dict(copy.deepcopy(optim))
+        recipe.optimizer_steps = 0
+    cosines = [float(torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0))
+               for a in range(len(grads)) for b in range(a + 1, len(grads))]
+    cos = float(np.mean(cosines)) if cosines else float("nan")
+    return {"strategy": task["arm"], "batches": len(grads), "mean_cosine": cos,
+            "cosine_std": float(np.std(cosines)) if cosines else float("nan"),
+            "snr": cos / (1.0 - cos) if cosines and cos < 1 else float("nan"),
+            "grad_norm_mean": float(np.mean([float(g.norm()) for g in grads])) if grads else 0.0}
+
+
+def _run_task(task: dict) -> dict:
+    return gradient_snr(task) if task.get("phase") == "snr" else run_arm(task)
 
 
 def _init_worker(threads: int) -> None:
@@ -315,20 +411,26 @@ def _init_worker(threads: int) -> None:
 
 
 def run_all(tasks: list[dict], jobs: int, threads: int) -> list[dict]:
-    """Run every task; ``jobs`` > 1 uses that many spawned worker processes (one run each at a
-    time), ``jobs`` = 1 runs them one after the other in this process. Prints a line per run."""
+    """Run every task (a training run, or a gradient measurement with ``phase = "snr"``);
+    ``jobs`` > 1 uses that many spawned worker processes (one task each at a time), ``jobs`` = 1
+    runs them one after the other in this process. Prints a line per task; returns the results in
+    the order of ``tasks``."""
     def report(r: dict) -> dict:
+        if "mean_cosine" in r:
+            print(f"  {r['strategy']:<14} gradient: mean cosine {r['mean_cosine']:+.4f} over "
+                  f"{r['batches']} batches", flush=True)
+            return r
         h = r["heldout"]
-        print(f"  {r['strategy']:<14} seed {r['seed']}: {len(r['iterations'])} iterations, "
-              f"{r['final_compute']:.0f} FE, held-out {h[0]['mean']:.4f} -> {h[-1]['mean']:.4f}, "
-              f"{r['total_seconds']:.1f} s", flush=True)
+        print(f"  [{r['phase']}] {r['strategy']:<14} lr {r['learning_rate']:g} seed {r['seed']}: "
+              f"{len(r['iterations'])} iterations, {r['final_compute']:.0f} FE, held-out "
+              f"{h[0]['mean']:.4f} -> {h[-1]['mean']:.4f}, {r['total_seconds']:.1f} s", flush=True)
         return r
 
     if jobs <= 1:
-        return [report(run_arm(t)) for t in tasks]
+        return [report(_run_task(t)) for t in tasks]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(threads,)) as pool:
-        return [report(r) for r in pool.imap_unordered(run_arm, tasks)]
+        return [report(r) for r in pool.imap(_run_task, tasks)]
 
 
 # ------------------------------------------------------------------------------ analysis ----
@@ -365,7 +467,32 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), (float(statistics.stdev(values)) if len(values) > 1 else 0.0)
 
 
-def summarize(runs: list[dict], strategies: list[str], budget: float) -> list[dict]:
+def steps_curve(run: dict, grid: np.ndarray) -> np.ndarray:
+    """A run's held-out means at their optimizer-step counts, interpolated onto ``grid``."""
+    return np.interp(grid, [h["optimizer_steps"] for h in run["heldout"]], [h["mean"] for h in run["heldout"]])
+
+
+def untrained_curve(run: dict, grid: np.ndarray, trained: set[str]) -> np.ndarray | None:
+    """The mean probability of the attributes the reward does not score, against compute."""
+    if "attributes" not in run["heldout"][0]:
+        return None
+    ys = [np.mean([v for k, v in h["attributes"].items() if k not in trained]) for h in run["heldout"]]
+    return np.interp(grid, [h["compute"] for h in run["heldout"]], ys)
+
+
+def best_learning_rates(sweep: list[dict], strategies: list[str]) -> dict[str, float]:
+    """Per arm, the sweep's learning rate with the highest final validation reward (ties: the
+    smaller rate)."""
+    best = {}
+    for name in strategies:
+        mine = sorted((r for r in sweep if r["strategy"] == name), key=lambda r: r["learning_rate"])
+        if mine:
+            best[name] = max(mine, key=lambda r: r["heldout"][-1]["mean"])["learning_rate"]
+    return best
+
+
+def summarize(runs: list[dict], strategies: list[str], budget: float, snr: dict[str, dict] | None = None,
+              trained: set[str] = frozenset()) -> list[dict]:
     """One summary row per strategy (the table's columns, as numbers)."""
     rows = []
     for name in strategies:
@@ -381,68 +508,97 @@ def summarize(runs: list[dict], strategies: list[str], budget: float) -> list[di
             last.append(float(np.mean(window or [r["iterations"][-1]["reward_mean"]])))
         iters = [len(r["iterations"]) for r in mine]
         fe_per_it = [r["final_compute"] / len(r["iterations"]) for r in mine]
-        rows.append({
-            "strategy": name, "seeds": len(mine),
+        row = {
+            "strategy": name, "seeds": len(mine), "learning_rate": mine[0]["learning_rate"],
             "iterations": float(np.mean(iters)), "iterations_min": min(iters), "iterations_max": max(iters),
+            "optimizer_steps": float(np.mean([r["heldout"][-1]["optimizer_steps"] for r in mine])),
             "fe_per_iteration": float(np.mean(fe_per_it)),
             "final_heldout": mean_std(final), "best_heldout": float(np.mean(best)),
             "heldout_gain": mean_std(gain), "train_reward_last": mean_std(last),
             "train_seconds": float(np.mean([r["train_seconds"] for r in mine])),
-        })
+            "grad_cosine": (snr or {}).get(name, {}).get("mean_cosine", float("nan")),
+        }
+        g, sd = row["heldout_gain"]
+        row["gain_over_spread"] = g / sd if sd > 0 else float("nan")
+        if "objects_kept" in mine[0]["heldout"][0]:
+            row["objects_kept"] = float(np.mean([r["heldout"][-1]["objects_kept"] for r in mine]))
+            row["untrained_change"] = float(np.mean([
+                np.mean([r["heldout"][-1]["attributes"][k] - r["heldout"][0]["attributes"][k]
+                         for k in r["heldout"][0]["attributes"] if k not in trained]) for r in mine]))
+        rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The summary rows as a markdown table."""
     pm = lambda v: f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
+    watch = any("objects_kept" in r for r in rows)
     lines = [
-        "| strategy | iterations | FE / iteration | final held-out | best held-out | held-out gain "
-        f"| train reward (last {LAST_FRACTION:.0%}) | train wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| strategy | lr | iterations | optimizer steps | FE / iteration | gradient cosine | final held-out "
+        "| held-out gain | gain / spread | best held-out "
+        + ("| objects kept | untrained attributes Δ " if watch else "")
+        + f"| train reward (last {LAST_FRACTION:.0%}) | train wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if watch else "") + "---:|---:|",
     ]
     for r in rows:
         its = (f"{r['iterations']:.0f}" if r["iterations_min"] == r["iterations_max"]
                else f"{r['iterations']:.1f} ({r['iterations_min']}-{r['iterations_max']})")
+        extra = (f"| {r['objects_kept']:.2f} | {r['untrained_change']:+.4f} " if watch else "")
         lines.append(
-            f"| {r['strategy']} | {its} | {r['fe_per_iteration']:.0f} | {pm(r['final_heldout'])} "
-            f"| {r['best_heldout']:.4f} | {r['heldout_gain'][0]:+.4f} ± {r['heldout_gain'][1]:.4f} "
-            f"| {pm(r['train_reward_last'])} | {r['train_seconds']:.1f} |"
+            f"| {r['strategy']} | {r['learning_rate']:g} | {its} | {r['optimizer_steps']:.0f} "
+            f"| {r['fe_per_iteration']:.0f} | {r['grad_cosine']:+.3f} | {pm(r['final_heldout'])} "
+            f"| {r['heldout_gain'][0]:+.4f} ± {r['heldout_gain'][1]:.4f} | {r['gain_over_spread']:+.1f} "
+            f"| {r['best_heldout']:.4f} {extra}| {pm(r['train_reward_last'])} | {r['train_seconds']:.1f} |"
         )
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], strategies: list[str], budget: float, path: Path, title: str) -> None:
-    """Two panels: smoothed training reward and held-out reward against compute; seed mean per
-    strategy with a min..max band over seeds."""
+def plot(runs: list[dict], strategies: list[str], budget: float, path: Path, title: str,
+         trained: set[str] = frozenset()) -> None:
+    """Four panels: smoothed training reward, held-out reward, and the attributes the reward does
+    not score against compute; held-out reward against optimizer steps. Seed mean per strategy
+    with a min..max band over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     grid = compute_grid(budget)
+    max_steps = max(r["heldout"][-1]["optimizer_steps"] for r in runs) or 1
+    step_grid = np.linspace(0.0, max_steps, GRID_POINTS)
     width = max(1, int(round(SMOOTH_FRACTION * (GRID_POINTS - 1))))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    (a_train, a_held), (a_steps, a_other) = axes
     for name in strategies:
         mine = [r for r in runs if r["strategy"] == name]
         if not mine:
             continue
-        train = np.stack([moving_average(training_curve(r, grid), width) for r in mine])
-        held = np.stack([heldout_curve(r, grid) for r in mine])
-        for ax, ys in ((axes[0], train), (axes[1], held)):
-            line, = ax.plot(grid, ys.mean(0), label=f"{name} (n={len(mine)})")
-            ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15, linewidth=0)
-    axes[0].set_title(f"training reward (moving average over {SMOOTH_FRACTION:.0%} of budget)")
-    axes[1].set_title(f"held-out reward (ODE samples, seed {EVAL_SEED})")
-    for ax in axes:
-        ax.set_xlabel("compute (transformer forward-equivalents: rows, backward = 2)")
-        ax.set_ylabel("reward")
-        ax.set_xlim(0, budget)
+        panels = [(a_train, grid, np.stack([moving_average(training_curve(r, grid), width) for r in mine])),
+                  (a_held, grid, np.stack([heldout_curve(r, grid) for r in mine])),
+                  (a_steps, step_grid, np.stack([steps_curve(r, step_grid) for r in mine]))]
+        other = [untrained_curve(r, grid, trained) for r in mine]
+        if all(o is not None for o in other):
+            panels.append((a_other, grid, np.stack(other)))
+        for ax, xs, ys in panels:
+            line, = ax.plot(xs, ys.mean(0), label=f"{name} (lr {mine[0]['learning_rate']:g}, n={len(mine)})")
+            ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.12, linewidth=0)
+    a_train.set_title(f"training reward (moving average over {SMOOTH_FRACTION:.0%} of budget)")
+    a_held.set_title(f"held-out reward (ODE samples, seed {EVAL_SEED})")
+    a_steps.set_title("held-out reward against optimizer steps")
+    a_other.set_title("held-out: mean probability of the attributes the reward does not score")
+    compute_label = "compute (transformer forward-equivalents: rows, backward = 2)"
+    for ax, xlabel in ((a_train, compute_label), (a_held, compute_label), (a_steps, "optimizer steps"),
+                       (a_other, compute_label)):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("reward" if ax is not a_other else "probability")
         ax.grid(alpha=0.3)
-    axes[1].legend(title="mean over seeds, band = min..max", fontsize=8, title_fontsize=8)
+    for ax in (a_train, a_held, a_other):
+        ax.set_xlim(0, budget)
+    a_held.legend(title="mean over seeds, band = min..max", fontsize=7, title_fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -451,11 +607,12 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run (every option spelled out)."""
     parts = ["python", "-m", "bench.alignment", "--preset", args.preset, "--model", args.model,
              "--reward", args.reward, "--strategies", ",".join(args.strategies),
-             "--seeds", ",".join(map(str, args.seeds)), "--budget", f"{args.budget:g}",
-             "--eval-every", f"{args.eval_every:g}", "--jobs", str(args.jobs), "--threads", str(args.threads),
-             "--out", str(args.out)]
-    if args.eval_prompts is not None:
-        parts += ["--eval-prompts", str(args.eval_prompts)]
+             "--seeds", ",".join(map(str, args.seeds)), "--lrs", ",".join(f"{x:g}" for x in args.lrs),
+             "--sweep-seed", str(args.sweep_seed), "--budget", f"{args.budget:g}",
+             "--eval-every", f"{args.eval_every:g}", "--prompts", args.prompts, "--fix", args.fix,
+             "--train-prompts", str(args.train_prompts), "--val-prompts", str(args.val_prompts),
+             "--test-prompts", str(args.test_prompts), "--snr-batches", str(args.snr_batches),
+             "--jobs", str(args.jobs), "--threads", str(args.threads), "--out", str(args.out)]
     for item in args.set:
         parts += ["--set", item]
     return " ".join(shlex.quote(p) for p in parts)
@@ -464,22 +621,39 @@ def command_line(args: argparse.Namespace) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.alignment", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--reduced", action="store_true",
+                        help=f"the reduced setting (under 20 minutes on 2 cores): {' '.join(REDUCED)}; "
+                             "options given explicitly still win")
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="base config of every arm")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="any value of the config field model ('tiny', a model folder, ...)")
     parser.add_argument("--reward", default=DEFAULT_REWARD,
                         help="reward name, comma-separated names, or JSON rewards list (config field rewards)")
     parser.add_argument("--strategies", default=",".join(ARMS), help=f"arms to run, from: {', '.join(ARMS)}")
-    parser.add_argument("--seeds", default="0,1,2", help="config seeds, one run per arm and seed")
+    parser.add_argument("--seeds", default="0,1,2", help="config seeds of the main runs, one run per arm and seed")
+    parser.add_argument("--lrs", default=DEFAULT_LRS,
+                        help="learning rates of the sweep (one value: no sweep, every arm at it)")
+    parser.add_argument("--sweep-seed", type=int, default=100, help="config seed of the sweep's runs")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="compute per run, in FE")
     parser.add_argument("--eval-every", type=float, default=None,
-                        help="held-out evaluation every this many FE (default budget/10; 0 = start and end only)")
-    parser.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts (default: the preset's)")
+                        help="held-out evaluation every this many FE (default budget/8; 0 = start and end only)")
+    parser.add_argument("--prompts", default="toy", choices=["toy", "preset"],
+                        help="toy: toy-world captions with the --fix attributes; preset: the preset's prompts")
+    parser.add_argument("--fix", default="size=small", help="attributes every toy caption asks for, a=b,c=d")
+    parser.add_argument("--train-prompts", type=int, default=32, help="training prompts")
+    parser.add_argument("--val-prompts", type=int, default=16, help="validation prompts (the sweep's evaluation)")
+    parser.add_argument("--test-prompts", type=int, default=32, help="held-out test prompts (the main runs' evaluation)")
+    parser.add_argument("--snr-batches", type=int, default=6,
+                        help="independent batches per arm for the gradient cosine at the base model (0 = off)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (1 = run in this process)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (0 = torch's default)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config field for every arm (applied after the arm's own fields); repeatable")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--reduced" in argv:
+        given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+        argv = [*(x for k, v in zip(REDUCED[::2], REDUCED[1::2]) if k not in given for x in (k, v)), *argv]
     args = parser.parse_args(argv)
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [s for s in args.strategies if s not in ARMS]
@@ -487,16 +661,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--strategies: unknown {unknown}; choose from {', '.join(ARMS)}")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        args.lrs = sorted(float(x) for x in args.lrs.split(",") if x.strip())
     except ValueError:
-        parser.error(f"--seeds {args.seeds!r}: expected comma-separated integers")
-    if not args.seeds:
-        parser.error("--seeds: give at least one seed")
+        parser.error(f"--seeds {args.seeds!r} / --lrs {args.lrs!r}: expected comma-separated numbers")
+    if not args.seeds or not args.lrs:
+        parser.error("--seeds and --lrs: give at least one value each")
     if args.budget <= 0:
         parser.error("--budget must be > 0")
     if args.eval_every is None:
-        args.eval_every = args.budget / 10
+        args.eval_every = args.budget / 8
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    if args.test_prompts < 1 or (len(args.lrs) > 1 and args.val_prompts < 1):
+        parser.error("--test-prompts must be >= 1, and --val-prompts too when --lrs sweeps")
     try:
         args.overrides = parse_set_items(args.set)
     except UserError as exc:
@@ -505,8 +682,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run every (strategy, seed), write ``curves.json``, ``alignment.png`` and ``alignment.md``
-    into ``--out``, print the table; returns what ``curves.json`` holds."""
+    """Sweep, measure gradients, run every (strategy, seed); write ``curves.json``,
+    ``alignment.png`` and ``alignment.md`` into ``--out``, print the table; returns what
+    ``curves.json`` holds."""
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -514,44 +692,88 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     base, extra = base_values(args), args.overrides
     base_cfg = FlashGRPOConfig.from_dict({**base, **extra}, preset=args.preset)
-    tasks = []
-    for arm in args.strategies:
-        for seed in args.seeds:
-            cfg = arm_config(args.preset, base, arm, seed, extra)  # validates before any run starts
-            tasks.append({"arm": arm, "seed": seed, "config": cfg.to_dict(), "base_seed": base_cfg.seed,
-                          "budget": args.budget, "eval_every": args.eval_every, "threads": args.threads,
-                          "run_dir": str(out / "runs" / f"{arm}-seed{seed}")})
+    sets = prompt_sets(args, base_cfg)
+    watch = "toy_caption" if args.prompts == "toy" else ""
+    trained = trained_attributes(base["rewards"])
     command = command_line(args)
-    print(f"{len(tasks)} runs ({len(args.strategies)} strategies x {len(args.seeds)} seeds), budget "
-          f"{args.budget:g} FE each, {args.jobs} jobs x {args.threads} threads", flush=True)
     t0 = time.perf_counter()
+
+    def task(arm, seed, lr, phase, eval_set, **more):
+        cfg = arm_config(args.preset, {**base, "prompts": sets["train"]}, arm, seed, extra, lr)  # validates
+        return {"arm": arm, "seed": seed, "config": cfg.to_dict(), "base_seed": base_cfg.seed, "phase": phase,
+                "train_prompts": sets["train"], "eval_prompts": sets[eval_set], "watch": watch,
+                "budget": args.budget, "eval_every": args.eval_every, "threads": args.threads,
+                "run_dir": str(out / "runs" / f"{phase}-{arm}-lr{lr:g}-seed{seed}"), **more}
+
+    sweep, best = [], {arm: args.lrs[0] for arm in args.strategies}
+    if len(args.lrs) > 1:
+        tasks = [task(a, args.sweep_seed, lr, "sweep", "val") for a in args.strategies for lr in args.lrs]
+        print(f"sweep: {len(tasks)} runs ({len(args.strategies)} strategies x lr {args.lrs}), seed "
+              f"{args.sweep_seed}, {len(sets['val'])} validation prompts", flush=True)
+        sweep = run_all(tasks, args.jobs, args.threads)
+        best = best_learning_rates(sweep, args.strategies)
+        print("best learning rates: " + ", ".join(f"{a} {lr:g}" for a, lr in best.items()), flush=True)
+    snr = {}
+    if args.snr_batches > 0:
+        tasks = [task(a, 0, best[a], "snr", "test", batches=args.snr_batches) for a in args.strategies]
+        for t in tasks:
+            t["config"]["updates_per_iteration"] = 1  # one gradient of the whole batch
+        print(f"gradient cosine: {args.snr_batches} batches per arm at the base model", flush=True)
+        snr = {r["strategy"]: r for r in run_all(tasks, args.jobs, args.threads)}
+    tasks = [task(a, seed, best[a], "main", "test") for a in args.strategies for seed in args.seeds]
+    print(f"main: {len(tasks)} runs ({len(args.strategies)} strategies x {len(args.seeds)} seeds), budget "
+          f"{args.budget:g} FE each, {len(sets['test'])} held-out prompts, {args.jobs} jobs x {args.threads} "
+          "threads", flush=True)
     runs = run_all(tasks, args.jobs, args.threads)
-    order = {(a, s): i for i, (a, s) in enumerate((t["arm"], t["seed"]) for t in tasks)}
-    runs.sort(key=lambda r: order[(r["strategy"], r["seed"])])
-    rows = summarize(runs, args.strategies, args.budget)
+    rows = summarize(runs, args.strategies, args.budget, snr, trained)
     table = markdown_table(rows)
 
     settings = {
         "preset": args.preset, "model": args.model, "rewards": base["rewards"], "strategies": args.strategies,
-        "seeds": args.seeds, "budget": args.budget, "eval_every": args.eval_every,
-        "eval_prompts": base_cfg.eval_prompts, "eval_seed": EVAL_SEED, "base_seed": base_cfg.seed,
-        "set": extra, "jobs": args.jobs, "threads": args.threads, "command": command,
+        "seeds": args.seeds, "lrs": args.lrs, "sweep_seed": args.sweep_seed, "best_learning_rates": best,
+        "budget": args.budget, "eval_every": args.eval_every, "prompts": sets, "watch": watch,
+        "trained_attributes": sorted(trained), "eval_prompts": len(sets["test"]), "eval_seed": EVAL_SEED,
+        "base_seed": base_cfg.seed, "set": extra, "jobs": args.jobs, "threads": args.threads, "command": command,
         "unit": f"FE: transformer forward rows (CFG = 2 rows); rows with gradients count 1 + {BACKWARD_FE}",
         "base_config": base_cfg.to_dict(), "wall_seconds": time.perf_counter() - t0,
     }
-    result = {"settings": settings, "arms": {a: ARMS[a] for a in args.strategies}, "runs": runs, "summary": rows}
+    result = {"settings": settings, "arms": {a: ARMS[a] for a in args.strategies}, "sweep": sweep,
+              "gradients": snr, "runs": runs, "summary": rows}
     (out / "curves.json").write_text(json.dumps(result, indent=1))
     title = (f"{args.preset}, model {args.model}, reward {args.reward}; budget {args.budget:g} FE, "
-             f"{len(args.seeds)} seeds")
-    plot(runs, args.strategies, args.budget, out / "alignment.png", title)
+             f"{len(args.seeds)} seeds, {len(sets['test'])} held-out prompts")
+    plot(runs, args.strategies, args.budget, out / "alignment.png", title, trained)
+    sweep_md = ""
+    if sweep:
+        sweep_md = "\n\nLearning-rate sweep (seed {}, final validation reward on {} prompts):\n\n{}".format(
+            args.sweep_seed, len(sets["val"]), sweep_table(sweep, args.strategies, args.lrs))
     md = (f"# Equal-compute alignment ({title})\n\n"
           f"Compute unit FE = one transformer forward of one video row (CFG = 2 rows; rows with "
-          f"gradients count {1 + BACKWARD_FE}). Mean ± sample std over seeds {args.seeds}.\n\n"
-          f"{table}\n\nReproduce: `{command}`\n")
+          f"gradients count {1 + BACKWARD_FE}). Mean ± sample std over seeds {args.seeds}; gain / spread = "
+          f"mean gain / its std. Wall time of the whole benchmark: {settings['wall_seconds'] / 60:.1f} min."
+          f"\n\n{table}{sweep_md}\n\nReproduce: `{command}`\n")
     (out / "alignment.md").write_text(md)
-    print(f"\n{table}\n\nreproduce: {command}\nwrote {out / 'curves.json'}, {out / 'alignment.png'}, "
+    print(f"\n{table}{sweep_md}\n\nreproduce: {command}\nwrote {out / 'curves.json'}, {out / 'alignment.png'}, "
           f"{out / 'alignment.md'}")
     return result
+
+
+def sweep_table(sweep: list[dict], strategies: list[str], lrs: list[float]) -> str:
+    """Final validation reward per arm (rows) and learning rate (columns); the best one in bold."""
+    best = best_learning_rates(sweep, strategies)
+    lines = ["| strategy | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---:|" * len(lrs)]
+    for name in strategies:
+        cells = []
+        for lr in lrs:
+            r = next((r for r in sweep if r["strategy"] == name and r["learning_rate"] == lr), None)
+            if r is None:
+                cells.append("")
+                continue
+            gain = r["heldout"][-1]["mean"] - r["heldout"][0]["mean"]
+            text = f"{r['heldout'][-1]['mean']:.4f} ({gain:+.4f})"
+            cells.append(f"**{text}**" if lr == best.get(name) else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

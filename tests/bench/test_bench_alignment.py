@@ -16,6 +16,8 @@ def test_alignment_benchmark_equal_compute(tmp_path, capsys):
             "--preset", "tiny_demo", "--model", "tiny", "--reward", "brightness",
             "--strategies", "flash,flow_grpo", "--seeds", "0,1", "--budget", str(BUDGET),
             "--eval-every", "300", "--jobs", "1", "--threads", "1", "--out", str(tmp_path),
+            "--prompts", "preset", "--train-prompts", "4", "--val-prompts", "2", "--test-prompts", "2",
+            "--lrs", "2e-2", "--snr-batches", "3", "--set", "lora_init=kaiming",
         ])
     finally:
         torch.set_num_threads(threads)
@@ -26,7 +28,7 @@ def test_alignment_benchmark_equal_compute(tmp_path, capsys):
     data = json.loads((tmp_path / "curves.json").read_text())
     md = (tmp_path / "alignment.md").read_text()
     for text in (md, printed):
-        assert "| strategy | iterations |" in text and "| flash |" in text and "| flow_grpo |" in text
+        assert "| strategy | lr | iterations |" in text and "| flash |" in text and "| flow_grpo |" in text
         assert "python -m bench.alignment --preset tiny_demo" in text
     assert data["summary"] == json.loads(json.dumps(result["summary"]))
     runs = {(r["strategy"], r["seed"]): r for r in data["runs"]}
@@ -62,3 +64,7 @@ def test_alignment_benchmark_equal_compute(tmp_path, capsys):
     assert runs[("flash", 0)]["iterations"][0]["reward_mean"] != runs[("flash", 1)]["iterations"][0]["reward_mean"]
     rows = {r["strategy"]: r for r in data["summary"]}
     assert rows["flash"]["iterations"] > rows["flow_grpo"]["iterations"]
+    # the held-out records count optimizer steps; the gradient measurement ran for each arm
+    assert all(r["heldout"][-1]["optimizer_steps"] >= len(r["iterations"]) for r in data["runs"])
+    assert set(data["gradients"]) == {"flash", "flow_grpo"}
+    assert all(-1.0 <= g["mean_cosine"] <= 1.0 and g["batches"] >= 2 for g in data["gradients"].values())

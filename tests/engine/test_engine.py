@@ -8,7 +8,7 @@ import torch
 from trainer.engine.config import FlashGRPOConfig
 from trainer.engine.recipe import FlashGRPORecipe, sample_noise
 from trainer.engine.rollout import rollout, transition_log_prob
-from trainer.engine.strategies import StepPlan, expected_passes, make_plan, mix_window_start
+from trainer.engine.strategies import StepPlan, expected_passes, make_plan, mix_window
 
 
 def tiny_cfg(tmp_path, **kw):
@@ -61,10 +61,14 @@ def test_baseline_plans(tmp_path):
     assert dance.sde.all() and dance.train.sum(1).eq(6).all()
     assert not torch.equal(dance.train[0], dance.train[1]) or not torch.equal(dance.train[1], dance.train[2])
     mix = tiny_cfg(tmp_path, strategy="mixgrpo", mix_window_size=4, mix_shift_every=2)
-    starts = [mix_window_start(mix, it) for it in range(16)]
-    assert starts[:8] == [0, 0, 1, 1, 2, 2, 3, 3] and starts[14] == 0  # moves, then rolls back (7 positions)
+    windows = [mix_window(mix, it) for it in range(20)]
+    assert [w[0] for w in windows[:8]] == [0, 0, 1, 1, 2, 2, 3, 3]  # moves one step every 2 iterations
+    assert windows[16] == (8, 10) and windows[14] == (7, 10) and windows[12] == (6, 10)  # to T-2, shorter
+    assert windows[18] == (0, 4)  # then rolls back (9 positions: starts 0..T-2)
     p = make_plan(mix, 5, 1, 2)
     assert p.sde[0].nonzero().flatten().tolist() == [2, 3, 4, 5] and torch.equal(p.train, p.sde)
+    assert make_plan(mix, 16, 1, 2).sde[0].nonzero().flatten().tolist() == [8, 9]
+    assert mix.resolved_shared_noise()  # MixGRPO's code shares the initial noise in a group
 
 
 # ---- rollout and the ratio invariant -----------------------------------------------------------
@@ -196,9 +200,9 @@ def test_kl_term_is_zero_before_the_first_update_and_positive_after(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["flow_grpo", "dance", "mixgrpo"])
 def test_every_strategy_runs_an_iteration(tmp_path, strategy):
-    r = FlashGRPORecipe(tiny_cfg(tmp_path, strategy=strategy, dance_best_of_n=1 if strategy == "dance" else 0)).setup()
+    r = FlashGRPORecipe(tiny_cfg(tmp_path, strategy=strategy, dance_best_of_n=2 if strategy == "dance" else 0)).setup()
     event = r.run_iteration(0)
-    expected = {"flow_grpo": 8 * 9, "dance": 8 * 6, "mixgrpo": 8 * 4}[strategy]
+    expected = {"flow_grpo": 8 * 9, "dance": 8 * 6, "mixgrpo": 8 * 4}[strategy]  # rolled out
     assert event["transitions"] == expected
     assert math.isfinite(event["loss"]) and event["grad_norm"] > 0
     assert event["ratio_max_dev"] < 1e-3  # the first minibatch is on-policy

@@ -6,7 +6,8 @@ over the ``G`` samples of a prompt's group ``g``. The PPO-style clipped surrogat
 transition, ``max(-A r, -A clip(r, 1 - eps, 1 + eps))`` with the likelihood ratio
 ``r = exp(log p - log p_old)``, optionally times the positive rectification weight ``c`` of
 Flash-GRPO (arXiv 2605.15980). The KL to the reference policy between two Gaussian transitions of
-equal variance: ``||mu - mu_ref||^2 / (2 s^2 |dt|)``.
+equal variance: ``||mu - mu_ref||^2 / (2 s^2 |dt|)``. The EMA decay schedule of the LoRA weights
+the Flow-GRPO and Flash-GRPO codes use: ``min((1 + s) / (10 + s), decay)`` at optimizer step ``s``.
 """
 
 from __future__ import annotations
@@ -95,3 +96,9 @@ def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, step_std: torch.
     """
     sq = ((mean.float() - ref_mean.float()) ** 2).flatten(1).mean(dim=1)
     return sq / (2.0 * step_std.float() ** 2)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay after optimizer step ``step`` (0-based): ``min((1 + s) / (10 + s), decay)``, so
+    the average follows the weights closely early on and settles at ``decay``."""
+    return min((1.0 + step) / (10.0 + step), decay)

@@ -101,6 +101,32 @@ def ode_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next) -> torch.Tenso
     return x + dt * v
 
 
+def multistep_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None, sigma, sigma_next,
+                   h_prev=None) -> torch.Tensor:
+    """One step of the second-order Adams-Bashforth flow solver in ``sigma`` (variable steps), float32.
+
+    With ``h = sigma_next - sigma`` and the previous step's ``h_prev`` and velocity ``v_prev``:
+    ``x + h ((1 + h / (2 h_prev)) v - h / (2 h_prev) v_prev)``, the linear extrapolation of the
+    velocity over the step; one velocity per step, as DPM-Solver++(2M) or UniPC use their history.
+    Without history (``v_prev`` None) it is the Euler step ``ode_step``.
+    """
+    if v_prev is None:
+        return ode_step(x, v, sigma, sigma_next)
+    h = float(sigma_next) - float(sigma)
+    r = h / (2.0 * float(h_prev))
+    return x.float() + h * ((1.0 + r) * v.float() - r * v_prev.float())
+
+
+def tail_grid(start: int, steps: int, total: int) -> list[int]:
+    """Grid indices ``start = g_0 < ... < g_n = total`` of a trajectory's tail in ``steps`` steps,
+    spread evenly over the remaining indices of the ``total``-step grid (all of them when
+    ``steps`` is 0 or not fewer than the remaining steps)."""
+    remaining = total - start
+    if steps <= 0 or steps >= remaining:
+        return list(range(start, total + 1))
+    return sorted({round(start + remaining * i / steps) for i in range(steps + 1)})
+
+
 def sde_mean(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, std) -> torch.Tensor:
     """Mean of the SDE transition from ``sigma`` to ``sigma_next`` with noise scale ``std``.
 

@@ -26,6 +26,7 @@ from .presets import PRESETS
 from .strategies import DEFAULT_STRATEGY, STRATEGIES, get_strategy
 
 NOISE_SCHEDULES = ("auto", *NOISE_SCHEDULE_NAMES)
+CPU_MICRO_BATCH = 8  # transitions per update forward on CPU when micro_batch_size is 0 (auto)
 
 
 def _strategy_help() -> dict[str, str]:
@@ -89,6 +90,9 @@ class FlashGRPOConfig:
     lora_rank: int = _f(16, "LoRA rank r.")
     lora_alpha: float = _f(32.0, "LoRA alpha (scale alpha/r).")
     lora_ffn: bool = _f(False, "Also put LoRA on the feed-forward layers (attention projections always).")
+    lora_init: str = _f("gaussian", "Init of LoRA A (B starts at 0): gaussian (N(0, (1/r)^2), as the Flow-GRPO and "
+                        "Flash-GRPO codes do) or kaiming (peft's default Kaiming-uniform, about 4x smaller "
+                        "on Wan 1.3B: the same learning rate then trains about 4x slower).", ("gaussian", "kaiming"))
     # --- sampling -----------------------------------------------------------------------------
     height: int = _f(64, "Video height in pixels (multiple of 16).")
     width: int = _f(64, "Video width in pixels (multiple of 16).")
@@ -116,9 +120,15 @@ class FlashGRPOConfig:
                                 "null = half of sampling_steps.")
     timestep_fraction: float = _f(0.99, "flow_grpo: train on the first fraction of each trajectory's steps.")
     dance_train_fraction: float = _f(0.6, "dance: fraction of steps trained, drawn at random per iteration.")
-    dance_best_of_n: int = _f(0, "dance: if > 0, train only the best and worst samples of each group.")
+    dance_best_of_n: int = _f(0, "dance: if > 0 (even, <= group_size), train only the n/2 best and the n/2 "
+                              "worst samples of each group (DanceGRPO's best-of-n); the others get advantage 0.")
     mix_window_size: int = _f(4, "mixgrpo: width W of the SDE/training window.")
-    mix_shift_every: int = _f(25, "mixgrpo: move the window one step toward clean every this many iterations.")
+    mix_shift_every: int = _f(25, "mixgrpo: move the window one step toward clean every this many iterations; "
+                              "its start runs to sampling_steps - 2 (the last windows shorter), then rolls back.")
+    ode_tail_steps: int = _f(0, "Cheaper rollouts: after a sample's last SDE step, finish its trajectory in this "
+                             "many steps of a second-order multistep flow solver (Adams-Bashforth 2 in sigma, one "
+                             "velocity per step) instead of one Euler step per remaining grid step; those steps "
+                             "only make the video that is scored. 0 = off. Evaluation samples keep the full grid.")
     shared_noise: bool | None = _f(None, "Share the initial noise inside a group; with flash the ODE "
                                    "prefix before k is then computed once per group. null = strategy "
                                    f"default ({_HELP['shared_noise']}).")
@@ -129,6 +139,9 @@ class FlashGRPOConfig:
     advantage_clip: float = _f(5.0, "Clip advantages to +-this.")
     clip_range: float = _f(1e-3, "PPO ratio clip epsilon.")
     kl_beta: float = _f(0.0, "Weight of the KL to the LoRA-disabled model (0 = off, saves a forward).")
+    drop_zero_advantage: bool = _f(True, "Leave transitions whose advantage is exactly 0 (groups without signal, "
+                                   "samples a best-of-n filter dropped) out of the loss and of the update's "
+                                   "compute, as the reference codes do.")
     # --- optimisation -------------------------------------------------------------------------
     iterations: int = _f(20, "Training iterations (one rollout + one update each).")
     learning_rate: float = _f(1e-4, "AdamW learning rate.")
@@ -137,12 +150,15 @@ class FlashGRPOConfig:
     max_grad_norm: float = _f(1.0, "Gradient-norm clip (0 = off).")
     updates_per_iteration: int = _f(1, "Optimizer steps per iteration (the batch is split into this many minibatches).")
     micro_batch_size: int = _f(0, "Transitions per forward/backward in the update (each is 2 rows with CFG). "
-                               "0 = auto: the whole minibatch on CPU, 1 on CUDA.")
+                               "0 = auto: 8 on CPU (larger batches of gradient rows slow a CPU down more "
+                               "than they save), 1 on CUDA.")
     rollout_batch_size: int = _f(0, "Trajectories per transformer forward in the rollout and when sampling "
                                  "(each is 2 rows with CFG). 0 = auto: all at once on CPU, 1 on CUDA.")
     decode_batch_size: int = _f(1, "Videos per VAE decode. Each chunk is turned into uint8 and scored before "
                                 "the next is decoded: only scores are kept (videos only for the held-out prompts).")
-    ema_decay: float = _f(0.9, "EMA decay of the LoRA weights (0 = off). The exported LoRA is the EMA when on.")
+    ema_decay: float = _f(0.9, "EMA decay of the LoRA weights (0 = off); at optimizer step s the decay is "
+                          "min((1 + s) / (10 + s), ema_decay). The exported LoRA is the EMA when on.")
+    ema_update_every: int = _f(1, "Update the EMA every this many optimizer steps (the reference codes: 8).")
     # --- rewards ------------------------------------------------------------------------------
     rewards: list = _f([{"name": "brightness", "weight": 1.0}],
                        "Rewards as [{name, weight, args}], summed with their weights.")
@@ -174,10 +190,16 @@ class FlashGRPOConfig:
         return self.strategy_impl().rectification if self.rectification is None else bool(self.rectification)
 
     def resolved_batch(self, name: str, cuda: bool) -> int:
-        """``rollout_batch_size`` or ``micro_batch_size`` with 0 (auto) resolved: 0 (all at once)
-        on CPU, 1 on CUDA."""
+        """``rollout_batch_size`` or ``micro_batch_size`` with 0 (auto) resolved: 1 on CUDA; on
+        CPU all rows of a rollout step at once (0) and ``CPU_MICRO_BATCH`` transitions per update
+        forward. (All of a flow_grpo minibatch in one forward made its update 2x slower than its
+        pass count on CPU: ``bench.iteration``.)"""
         value = getattr(self, name)
-        return value if value else (1 if cuda else 0)
+        if value:
+            return value
+        if cuda:
+            return 1
+        return CPU_MICRO_BATCH if name == "micro_batch_size" else 0
 
     def resolved_window(self) -> tuple[int, int]:
         end = self.sampling_steps // 2 if self.window_end is None else self.window_end
@@ -209,8 +231,10 @@ class FlashGRPOConfig:
         need(self.updates_per_iteration >= 1, f"updates_per_iteration={self.updates_per_iteration}: must be >= 1")
         need(self.micro_batch_size >= 0, f"micro_batch_size={self.micro_batch_size}: must be >= 0")
         need(self.rollout_batch_size >= 0, f"rollout_batch_size={self.rollout_batch_size}: must be >= 0")
+        need(self.ode_tail_steps >= 0, f"ode_tail_steps={self.ode_tail_steps}: must be >= 0 (0 = off)")
         need(self.decode_batch_size >= 1, f"decode_batch_size={self.decode_batch_size}: must be >= 1")
         need(0.0 <= self.ema_decay < 1.0, f"ema_decay={self.ema_decay}: must be in [0, 1)")
+        need(self.ema_update_every >= 1, f"ema_update_every={self.ema_update_every}: must be >= 1")
         need(self.clip_range > 0, f"clip_range={self.clip_range}: must be > 0")
         need(self.advantage_clip > 0, f"advantage_clip={self.advantage_clip}: must be > 0")
         need(self.kl_beta >= 0, f"kl_beta={self.kl_beta}: must be >= 0")
@@ -218,6 +242,9 @@ class FlashGRPOConfig:
         need(self.noise_level is None or self.noise_level > 0, f"noise_level={self.noise_level}: must be > 0 or null")
         need(0 < self.timestep_fraction <= 1, f"timestep_fraction={self.timestep_fraction}: must be in (0, 1]")
         need(0 < self.dance_train_fraction <= 1, f"dance_train_fraction={self.dance_train_fraction}: must be in (0, 1]")
+        need(self.dance_best_of_n == 0 or (self.dance_best_of_n % 2 == 0 and 2 <= self.dance_best_of_n <= self.group_size),
+             f"dance_best_of_n={self.dance_best_of_n}: must be 0 (off) or an even number in [2, group_size "
+             f"({self.group_size})]: the n/2 best and n/2 worst samples of each group are trained")
         if self.strategy == "mixgrpo":  # its own fields, checked only where they apply
             need(1 <= self.mix_window_size <= self.sampling_steps,
                  f"mix_window_size={self.mix_window_size}: must be in [1, sampling_steps ({self.sampling_steps})]")

@@ -37,7 +37,7 @@ import torch
 
 from .. import seeding, settings
 from ..algo import sde as sde_math
-from ..algo.grpo import clipped_surrogate, group_advantages, kl_to_reference
+from ..algo.grpo import clipped_surrogate, ema_decay_at, group_advantages, kl_to_reference
 from ..errors import UserError
 from ..rewards import build_reward_set
 from ..rewards.base import RewardOutput, as_uint8
@@ -154,6 +154,7 @@ class FlashGRPORecipe:
         self._resume = resume
         self._pipeline = pipeline  # an already loaded pipeline (warm backend), else load from cfg
         self.start_iteration = 0
+        self.optimizer_steps = 0  # taken so far (the EMA's schedule counts them)
         self._stepped = False
 
     # ------------------------------------------------------------------------------ setup ----
@@ -238,7 +239,8 @@ class FlashGRPORecipe:
         if lora_lib.has_lora(self.transformer):  # a warm pipeline from an earlier run: start afresh
             lora_lib.remove_lora(self.transformer)
         lora_lib.add_lora(self.transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                          include_ffn=cfg.lora_ffn, init_seed=seeding.derive_seed(cfg.seed, "lora_init"))
+                          include_ffn=cfg.lora_ffn, init_seed=seeding.derive_seed(cfg.seed, "lora_init"),
+                          init=cfg.lora_init)
         self.lora_params = [p for _, p in lora_lib.lora_parameters(self.transformer)]
         for p in self.lora_params:
             p.data = p.data.float()
@@ -407,6 +409,7 @@ class FlashGRPORecipe:
                     value = distribute_tensor(value, target.device_mesh, target.placements)
                 target.copy_(value)
         torch.set_rng_state(state["torch_rng"])
+        self.optimizer_steps = int(state.get("optimizer_steps", 0))
         self.start_iteration = self.last_checkpoint = int(state["iteration"])
         if self.dist.is_main:
             self.events.truncate_after(self.start_iteration - 1)
@@ -591,7 +594,7 @@ class FlashGRPORecipe:
         result = rollout(
             self.transformer, plan, self.sigmas, self.stds, conditioning, self.latent_shape, noise_fn,
             groups=groups, device=self.device, dtype=self.dtype, chunk=self.rollout_batch,
-            sync_calls=self._max_over_ranks if fsdp else None,
+            sync_calls=self._max_over_ranks if fsdp else None, tail_steps=cfg.ode_tail_steps,
         )
         return IterationBatch(prompts_global, prompts, local_samples, plan, conditioning, result)
 
@@ -622,10 +625,6 @@ class FlashGRPORecipe:
 
         stats = self.update(result, advantages, conditioning, it)
         t3 = time.perf_counter()
-        if self.ema is not None:
-            with torch.no_grad():
-                for n, p in lora_lib.lora_parameters(self.transformer):
-                    self.ema[n].mul_(cfg.ema_decay).add_(p.detach(), alpha=1.0 - cfg.ema_decay)
 
         event = {
             "event": "iteration",
@@ -650,19 +649,33 @@ class FlashGRPORecipe:
         Each trained transition ``i`` contributes ``c_i * max(-A_i r_i, -A_i clip(r_i, 1-eps, 1+eps))``
         (+ ``kl_beta * KL_i``) with ``r_i = exp(log p - log p_old)``, averaged over the global batch;
         ``c_i`` is the rectification weight ``(1/K_i) / mean(1/K)`` (``sde.rectification_weights``,
-        the mean over every process's transitions) or 1 without rectification.
+        the mean over every process's transitions) or 1 without rectification. With
+        ``drop_zero_advantage`` the transitions whose advantage is exactly 0 are left out (of the
+        loss, of the means and of the compute). The transitions are split into
+        ``updates_per_iteration`` minibatches, one optimizer step each; the EMA follows every
+        ``ema_update_every`` optimizer steps.
         """
         cfg = self.cfg
-        M = result.trans_step.numel()
-        steps = result.trans_step
-        if self.rectify:
-            inv_k = 1.0 / self.grad_scales[steps]
-            total_inv_k = self.dist.all_reduce_sum(torch.stack([inv_k.sum(), torch.tensor(float(M))]).to(self.device)).cpu()
-            weights = sde_math.rectification_weights(self.grad_scales[steps], total_inv_k[0] / total_inv_k[1])
-        else:
-            weights = torch.ones(M)
         adv = advantages[result.trans_sample]
-        order = torch.randperm(M, generator=seeding.generator(cfg.seed, "minibatch", it))
+        index = (adv != 0).nonzero().flatten() if cfg.drop_zero_advantage else torch.arange(adv.numel())
+        M = index.numel()
+        # DDP and FSDP need the same forward/backward calls on every process: a process with fewer
+        # transitions pads with zero-weight copies (``active`` = 0).
+        padded = int(self.dist.all_reduce_max(torch.tensor(M, device=self.device))) if self.dist.enabled else M
+        active = torch.ones(padded)
+        if padded > M:
+            fill = index[:1] if M else torch.zeros(1, dtype=torch.long)
+            index = torch.cat([index, fill.repeat(padded - M)])
+            active[M:] = 0.0
+        steps = result.trans_step[index]
+        if self.rectify:
+            inv_k = active / self.grad_scales[steps]
+            total_inv_k = self.dist.all_reduce_sum(torch.stack([inv_k.sum(), active.sum()]).to(self.device)).cpu()
+            weights = sde_math.rectification_weights(self.grad_scales[steps],
+                                                     total_inv_k[0] / total_inv_k[1].clamp(min=1.0)) * active
+        else:
+            weights = active.clone()
+        order = torch.randperm(padded, generator=seeding.generator(cfg.seed, "minibatch", it))
         minibatches = [mb for mb in order.chunk(cfg.updates_per_iteration) if mb.numel() > 0]
         totals = UpdateStats(transitions=float(M))
         grad_norms = []
@@ -670,34 +683,38 @@ class FlashGRPORecipe:
         # DDP/FSDP average gradients over processes; the loss is a mean over the global batch.
         grad_scale = float(self.dist.world_size)
         for mb in minibatches:
-            n_global = float(self.dist.all_reduce_sum(torch.tensor(float(mb.numel()), device=self.device)))
+            n_global = float(self.dist.all_reduce_sum(active[mb].sum().to(self.device)))
+            if n_global == 0:  # the same on every process: nothing to learn from this minibatch
+                continue
             self.optimizer.zero_grad(set_to_none=True)
             micro = self.micro_batch or mb.numel()
             chunks = list(mb.split(micro))
             for ci, chunk in enumerate(chunks):
+                rows, on = index[chunk], active[chunk]
                 with self._no_grad_sync(last=ci == len(chunks) - 1):
                     logp, mean, ref_mean = transition_log_prob(
-                        self.model, result, chunk, self.sigmas, self.stds, conditioning, self.dtype,
+                        self.model, result, rows, self.sigmas, self.stds, conditioning, self.dtype,
                         with_reference=cfg.kl_beta > 0,
                         reference_context=lambda: lora_lib.lora_disabled(self.transformer),
                     )
                     out = clipped_surrogate(
-                        logp, result.log_prob[chunk], adv[chunk].to(logp.device), cfg.clip_range,
+                        logp, result.log_prob[rows], adv[rows].to(logp.device), cfg.clip_range,
                         weights[chunk].to(logp.device),
                     )
                     loss_terms = out.loss
                     if ref_mean is not None:
                         t = steps[chunk]
                         step_std = self.stds[t] * torch.sqrt(self.sigmas[t] - self.sigmas[t + 1])
-                        kl = kl_to_reference(mean, ref_mean, step_std.to(mean.device))
+                        kl = kl_to_reference(mean, ref_mean, step_std.to(mean.device)) * on.to(mean.device)
                         loss_terms = loss_terms + cfg.kl_beta * kl
                         totals.kl += float(kl.detach().sum())
                     (loss_terms.sum() * grad_scale / n_global).backward()
+                on = on.to(out.ratio.device)
                 totals.loss += float(loss_terms.detach().sum())
-                totals.clip_frac += float(out.clipped.float().sum())
-                totals.approx_kl += float(out.approx_kl.sum())
-                totals.ratio_mean += float(out.ratio.sum())
-                totals.ratio_max_dev = max(totals.ratio_max_dev, float((out.ratio - 1).abs().max()))
+                totals.clip_frac += float((out.clipped.float() * on).sum())
+                totals.approx_kl += float((out.approx_kl * on).sum())
+                totals.ratio_mean += float((out.ratio * on).sum())
+                totals.ratio_max_dev = max(totals.ratio_max_dev, float(((out.ratio - 1).abs() * on).max()))
             norm = torch.nn.utils.clip_grad_norm_(
                 self.lora_params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             )
@@ -706,15 +723,28 @@ class FlashGRPORecipe:
                                  "learning_rate, clip_range, advantage_clip, kl_beta, max_grad_norm")
             self._stepped = True
             self.optimizer.step()
+            self._after_optimizer_step()
         self.transformer.eval()
         stats = totals.all_reduce_sum(self.dist, self.device).means()
-        unique_steps = sorted(set(steps.tolist()))
+        unique_steps = sorted(set(steps[:M].tolist()))
         return {
             **stats,
             "grad_norm": grad_norms[-1] if grad_norms else 0.0,
-            "rect_weights": {str(s): float(weights[steps == s][0]) for s in unique_steps} if M else {},
+            "optimizer_steps": len(grad_norms),
+            "rect_weights": {str(s): float(weights[:M][steps[:M] == s][0]) for s in unique_steps},
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+
+    def _after_optimizer_step(self) -> None:
+        """Count the step; every ``ema_update_every`` steps move the EMA toward the LoRA with the
+        decay ``min((1 + s) / (10 + s), ema_decay)`` of step ``s`` (``grpo.ema_decay_at``)."""
+        self.optimizer_steps += 1
+        if self.ema is None or self.optimizer_steps % self.cfg.ema_update_every:
+            return
+        decay = ema_decay_at(self.optimizer_steps - 1, self.cfg.ema_decay)
+        with torch.no_grad():
+            for n, p in lora_lib.lora_parameters(self.transformer):
+                self.ema[n].mul_(decay).add_(p.detach(), alpha=1.0 - decay)
 
     # ----------------------------------------------------------------------- checkpoints ----
     def save_checkpoint(self, iterations_done: int) -> None:
@@ -735,6 +765,7 @@ class FlashGRPORecipe:
             "optimizer": optim_state,
             "ema": ema,
             "torch_rng": torch.get_rng_state(),
+            "optimizer_steps": self.optimizer_steps,
             "config": self.cfg.to_json(),
             "base_model_hash": self.base_model_hash,
             "world_size": self.dist.world_size,

@@ -106,6 +106,20 @@ class RolloutResult:
     extras: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Row:
+    """A trajectory of ``rollout``: its state ``[1, C, F, H, W]``, the samples sharing it, the grid
+    index where it is evaluated next, and in a solver tail the grid points still to visit and the
+    previous velocity and step."""
+
+    state: torch.Tensor
+    members: list[int]
+    next: int = 0
+    tail: list[int] | None = None
+    v_prev: torch.Tensor | None = None
+    h_prev: float | None = None
+
+
 def rollout(
     transformer,
     plan: StepPlan,
@@ -119,6 +133,7 @@ def rollout(
     dtype: torch.dtype = torch.float32,
     chunk: int = 0,
     sync_calls=None,
+    tail_steps: int = 0,
 ) -> RolloutResult:
     """Sample ``N`` trajectories following ``plan`` and record the trained transitions.
 
@@ -136,37 +151,54 @@ def rollout(
         sync_calls: on several processes, ``sync_calls(calls)`` returns the most transformer calls
             any process makes at this step; the missing ones are made on one row and discarded,
             so that every process makes the same number of calls (FSDP all-gathers per call).
+        tail_steps: if > 0, a sample finishes after its last SDE step in this many steps of the
+            second-order multistep solver (``sde.multistep_step``) over grid points spread evenly
+            over the rest of the grid (``sde.tail_grid``), instead of one Euler step per grid point:
+            those steps only produce the video that is scored. Samples without SDE steps keep
+            the full grid.
     """
     n, T = plan.sde.shape
     sigmas32 = sigmas.to(torch.float32)
-    # Each row: (state [1, ...], members). Members share the row until one takes an SDE step.
-    rows: list[tuple[torch.Tensor, list[int]]] = []
+    steps = torch.arange(T)
+    last_sde = torch.where(plan.sde, steps, torch.full_like(steps, -1)).max(dim=1).values.tolist()
     if groups is None:
-        rows = [(noise_fn(i, -1, latent_shape).to(device)[None], [i]) for i in range(n)]
+        rows = [_Row(noise_fn(i, -1, latent_shape).to(device)[None], [i]) for i in range(n)]
     else:
+        rows = []
         for g in torch.unique(groups, sorted=True).tolist():
             members = (groups == g).nonzero().flatten().tolist()
-            rows.append((noise_fn(members[0], -1, latent_shape).to(device)[None], members))
+            rows.append(_Row(noise_fn(members[0], -1, latent_shape).to(device)[None], members))
 
     inputs, input_sample, input_step = [], [], []
     trans_input, trans_sample, trans_step, x_next_list, logp_list = [], [], [], [], []
     forward_rows = 0
     for j in range(T):
-        x = torch.cat([r[0] for r in rows]).float()
-        lead = torch.tensor([r[1][0] for r in rows])
+        due = [row for row in rows if row.next == j]  # rows in a solver tail skip grid points
+        kept = [row for row in rows if row.next != j]
         sigma, sigma_next = sigmas32[j], sigmas32[j + 1]
         with torch.no_grad():
-            calls = -(-x.shape[0] // chunk) if chunk else 1
+            calls = (-(-len(due) // chunk) if chunk else 1) if due else 0
             padding = 0 if sync_calls is None else sync_calls(calls) - calls  # before any call of this step
-            v = predict_velocity(transformer, x, sigma, conditioning.rows(lead), chunk, dtype)
+            if due:
+                x = torch.cat([row.state for row in due]).float()
+                lead = torch.tensor([row.members[0] for row in due])
+                v = predict_velocity(transformer, x, sigma, conditioning.rows(lead), chunk, dtype)
             for _ in range(padding):  # padding calls, results unused
-                predict_velocity(transformer, x[:1], sigma, conditioning.rows(lead[:1]), 0, dtype)
-        forward_rows += x.shape[0]
-        new_rows = []
-        for r, (_, members) in enumerate(rows):
+                first = (due or rows)[0]
+                predict_velocity(transformer, first.state.float(), sigma,
+                                 conditioning.rows(torch.tensor(first.members[:1])), 0, dtype)
+        forward_rows += len(due)
+        new_rows = kept
+        for r, row in enumerate(due):
+            members, xr, vr = row.members, x[r : r + 1], v[r : r + 1]
+            if row.tail is not None:
+                nxt = row.tail[0]
+                state = sde_math.multistep_step(xr, vr, row.v_prev, sigma, sigmas32[nxt], row.h_prev)
+                new_rows.append(_Row(state, members, nxt, row.tail[1:], vr, float(sigmas32[nxt] - sigma)))
+                continue
             sde_members = [i for i in members if plan.sde[i, j]]
             if not sde_members:
-                new_rows.append((sde_math.ode_step(x[r : r + 1], v[r : r + 1], sigma, sigma_next), members))
+                new_rows.append(_Row(sde_math.ode_step(xr, vr, sigma, sigma_next), members, j + 1))
                 continue
             if any(plan.train[i, j] for i in members):
                 u = len(inputs)
@@ -175,11 +207,14 @@ def rollout(
                 input_step.append(j)
             for i in members:
                 if not plan.sde[i, j]:
-                    new_rows.append((sde_math.ode_step(x[r : r + 1], v[r : r + 1], sigma, sigma_next), [i]))
+                    new_rows.append(_Row(sde_math.ode_step(xr, vr, sigma, sigma_next), [i], j + 1))
                     continue
                 eps = noise_fn(i, j, latent_shape).to(device)[None]
-                xn, lp, _ = sde_math.sde_step(x[r : r + 1], v[r : r + 1], sigma, sigma_next, stds[j], noise=eps)
-                new_rows.append((xn, [i]))
+                xn, lp, _ = sde_math.sde_step(xr, vr, sigma, sigma_next, stds[j], noise=eps)
+                tail = None
+                if 0 < tail_steps < T - j - 1 and j == last_sde[i]:  # after the last SDE step: few steps
+                    tail = sde_math.tail_grid(j + 1, tail_steps, T)[1:]
+                new_rows.append(_Row(xn, [i], j + 1, tail))
                 if plan.train[i, j]:
                     trans_input.append(u)
                     trans_sample.append(i)
@@ -189,8 +224,8 @@ def rollout(
         rows = new_rows
 
     latents = torch.empty((n, *latent_shape), device=device)
-    for state, members in rows:
-        latents[members] = state[0]
+    for row in rows:
+        latents[row.members] = row.state[0]
     empty = torch.empty((0, *latent_shape), device=device)
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
     return RolloutResult(

@@ -17,10 +17,12 @@ table (``python -m trainer.engine.strategies``) and the benchmark's pass counts 
   ``timestep_fraction`` of the steps are trained.
 * ``dance``: DanceGRPO (arXiv 2505.07818). Every step SDE with a constant noise ``eta``, the
   initial noise shared per group; a random ``dance_train_fraction`` of each sample's steps is
-  trained; optionally only each group's best and worst sample (``dance_best_of_n``).
+  trained; optionally only the ``n/2`` best and ``n/2`` worst samples of each group
+  (``dance_best_of_n = n``).
 * ``mixgrpo``: MixGRPO (arXiv 2507.21802). SDE steps and training inside a window of
-  ``mix_window_size`` steps that moves one step toward clean every ``mix_shift_every`` iterations
-  and rolls back to the start.
+  ``mix_window_size`` steps that moves one step toward clean every ``mix_shift_every`` iterations;
+  its start runs to ``T - 2`` (the last windows are cut at the end of the trajectory), then rolls
+  back to the start. The initial noise is shared inside a group, as in its code.
 
 Plans are drawn from the stream ``(seed, "plan", iteration)`` of ``trainer.seeding`` only, so
 every process of a distributed run draws the same plan without communicating.
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import seeding
+from ..algo.sde import tail_grid
 
 if TYPE_CHECKING:  # the config imports this registry; strategies only read config fields
     from .config import FlashGRPOConfig
@@ -124,13 +127,15 @@ class Flash(Strategy):
 
     def passes(self, cfg):
         T, G = cfg.sampling_steps, cfg.group_size
+        lo, hi = cfg.resolved_window()
+        ks = range(lo, hi)  # k is uniform over the window
+        tail = sum(len(tail_grid(k + 1, cfg.ode_tail_steps, T)) - 1 for k in ks) / len(ks)
+        prefix = sum(k + 1 for k in ks) / len(ks)  # steps 0..k
         if cfg.resolved_shared_noise() and cfg.iso_temporal:
-            lo, hi = cfg.resolved_window()
-            mean_k = (lo + hi - 1) / 2
-            # prefix and step k once per group, then T - k - 1 steps per sample; the G transitions
-            # of a group share x_k: one forward/backward
-            return (mean_k + 1) / G + (T - mean_k - 1), 1.0 / G
-        return T, 1.0
+            # prefix and step k once per group, then the tail per sample; the G transitions of a
+            # group share x_k: one forward/backward
+            return prefix / G + tail, 1.0 / G
+        return prefix + tail, 1.0
 
 
 class FlowGRPO(Strategy):
@@ -162,7 +167,7 @@ class Dance(Strategy):
     noise_schedule = "dance"
     shared_noise = True
     sde_steps = "every step (constant eta), initial noise shared per group"
-    trained_steps = "random `dance_train_fraction` of the steps; optional best/worst only"
+    trained_steps = "random `dance_train_fraction` of the steps; optional n/2 best + n/2 worst only"
 
     def trained_per_sample(self, cfg) -> int:
         return max(1, round(cfg.sampling_steps * cfg.dance_train_fraction))
@@ -178,24 +183,29 @@ class Dance(Strategy):
         return StepPlan(sde=sde, train=train, group_steps=None)
 
     def passes(self, cfg):
-        return cfg.sampling_steps, self.trained_per_sample(cfg)
+        kept = cfg.dance_best_of_n / cfg.group_size if cfg.dance_best_of_n and cfg.drop_zero_advantage else 1.0
+        return cfg.sampling_steps, self.trained_per_sample(cfg) * kept
 
     def filter_advantages(self, cfg, advantages, rewards, group_size):
-        """With ``dance_best_of_n > 0``: only the best and the worst sample of each group keep
-        their advantage (DanceGRPO's best-of-n selection); the others are set to 0."""
+        """With ``dance_best_of_n = n > 0``: only the ``n/2`` best and the ``n/2`` worst samples of
+        each group keep their advantage (DanceGRPO's best-of-n selection); the others are set to 0
+        (and so, with ``drop_zero_advantage``, not trained at all). Ties are broken by position."""
         if cfg.dance_best_of_n <= 0:
             return advantages
+        half = cfg.dance_best_of_n // 2
         keep = torch.zeros(len(advantages), dtype=torch.bool)
         for lo in range(0, len(advantages), group_size):
-            r = rewards[lo : lo + group_size]
-            keep[lo + int(r.argmax())] = keep[lo + int(r.argmin())] = True
+            order = torch.argsort(rewards[lo : lo + group_size], stable=True)
+            keep[lo + order[:half]] = keep[lo + order[-half:]] = True
         return torch.where(keep, advantages, torch.zeros_like(advantages))
 
 
-def mix_window_start(cfg: FlashGRPOConfig, iteration: int) -> int:
-    """mixgrpo: first step of the window at ``iteration`` (moves every ``mix_shift_every``)."""
-    positions = cfg.sampling_steps - cfg.mix_window_size + 1
-    return (iteration // cfg.mix_shift_every) % positions
+def mix_window(cfg: FlashGRPOConfig, iteration: int) -> tuple[int, int]:
+    """mixgrpo: the window ``[start, end)`` at ``iteration``. The start moves one step every
+    ``mix_shift_every`` iterations through ``0 .. T - 2`` and then rolls back to 0; the window is
+    ``mix_window_size`` wide, cut at the last step ``T`` (so the last windows are shorter)."""
+    start = (iteration // cfg.mix_shift_every) % (cfg.sampling_steps - 1)
+    return start, min(start + cfg.mix_window_size, cfg.sampling_steps)
 
 
 class MixGRPO(Strategy):
@@ -203,18 +213,22 @@ class MixGRPO(Strategy):
     paper = "MixGRPO (arXiv 2507.21802)"
     summary = "SDE and training in a sliding window"
     noise_schedule = "flow_grpo"
-    sde_steps = "a window of `mix_window_size` steps, moving every `mix_shift_every` iterations"
+    shared_noise = True
+    sde_steps = ("a window of `mix_window_size` steps, moving every `mix_shift_every` iterations to the end "
+                 "(shorter there), then back")
     trained_steps = "the window"
 
     def plan(self, cfg, iteration, num_groups, group_size):
         n = num_groups * group_size
-        start = mix_window_start(cfg, iteration)
+        start, end = mix_window(cfg, iteration)
         sde = torch.zeros(n, cfg.sampling_steps, dtype=torch.bool)
-        sde[:, start : start + cfg.mix_window_size] = True
+        sde[:, start:end] = True
         return StepPlan(sde=sde, train=sde.clone(), group_steps=None)
 
     def passes(self, cfg):
-        return cfg.sampling_steps, cfg.mix_window_size
+        T, W = cfg.sampling_steps, cfg.mix_window_size
+        widths = [min(s + W, T) - s for s in range(T - 1)]  # over a full sweep of the window
+        return T, sum(widths) / len(widths)
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Flash(), FlowGRPO(), Dance(), MixGRPO())}
