@@ -77,6 +77,8 @@ GUIDANCE = 4.5
 STRATEGIES = [
     ("flash", {"strategy": "flash", "shared_noise": False}),
     ("flash_shared", {"strategy": "flash", "shared_noise": True}),
+    # shared noise and a few-step second-order solver tail after the SDE step (cheap rollouts)
+    ("flash_cheap", {"strategy": "flash", "shared_noise": True, "ode_tail_steps": 3}),
     ("flow_grpo", {"strategy": "flow_grpo"}),
     ("mixgrpo", {"strategy": "mixgrpo"}),
 ]

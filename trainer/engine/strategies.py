@@ -183,8 +183,10 @@ class Dance(Strategy):
         return StepPlan(sde=sde, train=train, group_steps=None)
 
     def passes(self, cfg):
-        kept = cfg.dance_best_of_n / cfg.group_size if cfg.dance_best_of_n and cfg.drop_zero_advantage else 1.0
-        return cfg.sampling_steps, self.trained_per_sample(cfg) * kept
+        T, G = cfg.sampling_steps, cfg.group_size
+        kept = cfg.dance_best_of_n / G if cfg.dance_best_of_n and cfg.drop_zero_advantage else 1.0
+        rollout = 1 / G + T - 1 if cfg.resolved_shared_noise() else T  # step 0 once per shared group
+        return rollout, self.trained_per_sample(cfg) * kept
 
     def filter_advantages(self, cfg, advantages, rewards, group_size):
         """With ``dance_best_of_n = n > 0``: only the ``n/2`` best and the ``n/2`` worst samples of
@@ -226,9 +228,12 @@ class MixGRPO(Strategy):
         return StepPlan(sde=sde, train=sde.clone(), group_steps=None)
 
     def passes(self, cfg):
-        T, W = cfg.sampling_steps, cfg.mix_window_size
-        widths = [min(s + W, T) - s for s in range(T - 1)]  # over a full sweep of the window
-        return T, sum(widths) / len(widths)
+        T, W, G = cfg.sampling_steps, cfg.mix_window_size, cfg.group_size
+        starts = range(T - 1)  # averaged over a full sweep of the window
+        widths = [min(s + W, T) - s for s in starts]
+        # with shared noise the steps up to the window's first one are computed once per group
+        rollout = (sum((s + 1) / G + T - s - 1 for s in starts) / len(starts) if cfg.resolved_shared_noise() else T)
+        return rollout, sum(widths) / len(widths)
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Flash(), FlowGRPO(), Dance(), MixGRPO())}
