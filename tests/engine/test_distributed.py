@@ -72,7 +72,10 @@ def test_shared_noise_and_micro_batches_finish_with_the_lora_of_one_process(tmp_
              "--decode-batch-size", "3"]
     one = _train(tmp_path, "one", 1, *extra)
     two = _train(tmp_path, "two", 2, *extra, "--parallel", parallel)
-    assert _max_diff(one, two) < TOL
+    # 3x: one transition per backward sums the gradient in another order on 2 processes, and the
+    # EMA's early decay (min((1+s)/(10+s), 0.9)) keeps the latest weights, where that shows most;
+    # measured 1.2e-4, against ~3e-3 without gradient sync
+    assert _max_diff(one, two) < 3 * TOL
 
 
 def test_a_reward_failing_on_one_process_stops_every_process(tmp_path):
