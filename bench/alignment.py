@@ -1,13 +1,20 @@
 """Equal-compute alignment benchmark: reward against transformer compute, per GRPO strategy.
 
-    python -m bench.alignment [--preset NAME] [--model M] [--reward SPEC] [--strategies a,b,...]
-                              [--seeds 0,1,2] [--budget N] [--eval-every N] [--eval-prompts K]
-                              [--jobs J] [--threads T] [--out DIR] [--set key=value ...]
+    python -m bench.alignment [--reduced] [--preset NAME] [--model M] [--reward SPEC]
+                              [--strategies a,b,...] [--seeds 0,1,2] [--lrs a,b,c] [--budget N]
+                              [--eval-every N] [--prompts toy|preset] [--fix a=b]
+                              [--train-prompts N] [--val-prompts N] [--test-prompts N]
+                              [--snr-batches K] [--jobs J] [--threads T] [--out DIR] [--set key=value ...]
 
-    # the README's figures: toy model, exact position reward, 7 arms x 3 seeds (~18 min, 2 cores)
+    # the full benchmark: toy model, toy_size reward, 8 arms, lr sweep, 3 seeds (not yet timed)
     python -m bench.alignment
-    # a quick look on the random tiny model
-    python -m bench.alignment --preset tiny_demo --model tiny --reward brightness --budget 2000
+    # the reduced setting: no sweep, every arm at lr 6e-4 (meant to run in under 20 minutes)
+    python -m bench.alignment --reduced
+
+Phases: a learning-rate sweep per arm on the validation prompts (``--lrs``, one seed
+``--sweep-seed``; skipped when one rate is given), the gradient cosine of each arm at the base
+model (``gradient_snr``), then the main runs of every arm and seed at the arm's best rate on the
+held-out test prompts. Training, validation and test prompts are disjoint (``prompt_sets``).
 
 Question answered
 -----------------
@@ -20,8 +27,9 @@ step trained), and the curves show whether that buys more reward.
 Arms
 ----
 All arms share one base config: ``--preset``, then ``--model`` / ``--reward`` /
-``--eval-prompts``, ``sample_videos=false``; so learning rate, LoRA rank, group size, prompts per
-iteration, sampling steps, guidance, KL weight, EMA... are identical. Each arm then sets only the
+``sample_videos=false``, the Gaussian LoRA init (``BASE_OVERRIDES``); so LoRA rank, group size,
+prompts per iteration, sampling steps, guidance, KL weight, EMA... are identical, and the learning
+rate is each arm's best from the sweep. Each arm then sets only the
 fields that define its strategy (``ARMS``: strategy, the noise schedule and level the strategy
 publishes - as the ``flow_grpo_wan2.1_1.3b`` preset does for flow_grpo - iso-temporal grouping,
 rectification, shared initial noise); ``--set key=value`` is applied last, to every arm.
@@ -30,6 +38,8 @@ rectification, shared initial noise); ``--set key=value`` is applied last, to ev
   1/K(t) rectification, flash noise schedule).
 * ``flash_no_iso`` / ``flash_no_rect``: the two ablations (each sample draws its own k /
   rectification off).
+* ``flash_cheap``: ``flash_shared`` with a 3-step second-order solver tail after the SDE step
+  (``ode_tail_steps``).
 * ``flash_shared``: flash with the initial noise shared inside a group (not the paper's setting,
   which draws it per sample): the rewards of a group then differ only through the one SDE step,
   so the advantage is credited to the transition that caused it; and the ODE prefix and the update
@@ -45,8 +55,9 @@ Seeds
 ``--seeds`` sets the config ``seed`` of a run: rollout noise, step plans (k, dance subsets),
 training-prompt order and the LoRA ``A`` init (``B`` is zero, so every run starts as the base
 model). What does *not* change with the seed, so that runs are comparable: the base model
-weights (built/loaded with the base config's seed), the held-out prompt split (drawn with the base
-config's seed) and the held-out sampling noise (``EVAL_SEED``).
+weights (built/loaded with the base config's seed), the prompt sets (toy captions drawn with
+``CAPTION_SEED``, or the preset's prompts split with the base config's seed) and the held-out
+sampling noise (``EVAL_SEED``).
 
 Compute unit: forward-equivalents (FE)
 --------------------------------------
