@@ -282,14 +282,16 @@ def test_offload_gives_the_gpu_memory_back_and_the_next_job_still_runs(tmp_path)
 
 def test_a_sample_job_can_be_abandoned_and_the_backend_takes_the_next_job(backend, tmp_path):
     """ComfyUI's Cancel during a sample (or score) job: the client stops waiting at once; the
-    backend finishes that job, then serves the next."""
+    backend finishes that job (and deletes its videos), then serves the next."""
     from trainer.service.runner import BackendRunner, JobAbandoned
 
     runner = BackendRunner(1, client=backend)  # not closed: the module's backend stays up
     cfg = tiny(tmp_path)
+    files = set(backend.blob_store().directory.iterdir())
     with pytest.raises(JobAbandoned, match="stopped waiting"):
         runner.sample(cfg, ["a red ball"], should_stop=lambda: True)
     assert runner.sample(cfg, ["a red ball"]).videos.shape == (4, 9, 64, 64, 3)
+    assert set(backend.blob_store().directory.iterdir()) == files  # nobody reads an abandoned job's videos
 
 
 def test_videos_travel_as_files_in_the_backends_folder(backend, tmp_path):

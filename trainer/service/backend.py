@@ -286,6 +286,7 @@ class Backend:
         self.blobs.clear()  # files of an earlier backend: no job of this one names them
         self.blob_probe = secrets.token_hex(16)
         atomic_write_bytes(self.blobs.directory / PROBE_FILE, self.blob_probe.encode())
+        os.chmod(self.blobs.directory, 0o700)
         self.keep_jobs, self.keep_jobs_for = keep_jobs, keep_jobs_for
         self.pruned: dict[str, None] = {}  # ids of pruned jobs (the latest 10,000), for a clear 404
         self.jobs_lock = threading.Lock()
@@ -319,7 +320,7 @@ class Backend:
             if self.shutdown.is_set():  # stopping: the queued jobs do not start
                 job.finish("failed", error={"rank": 0, "type": "Shutdown", "user_error": True, "message":
                                             "the backend shut down before this job started; submit it again"})
-                self._delete_inputs(job)
+                self._delete_spent_files(job)
                 continue
             self.current = job
             job.state = "running"
@@ -349,18 +350,20 @@ class Backend:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
             finally:
-                self._delete_inputs(job)
+                self._delete_spent_files(job)
                 self.current = None
                 self.last_activity = time.time()
                 self.prune()
                 if self.after_job == "shutdown":  # exit once the client has read the result
                     self.idle_timeout = min(self.idle_timeout, SHUTDOWN_GRACE_S)
 
-    def _delete_inputs(self, job: Job) -> None:
-        """A job's input videos are read once: delete them when it has ended."""
+    def _delete_spent_files(self, job: Job) -> None:
+        """A job's input videos are read once: delete them when it has ended; so too the videos of
+        a sample job whose client stopped waiting (it cancelled the job): nobody will read them."""
         videos = job.payload.get("videos")
-        if is_file_ref(videos):
-            self.blobs.delete(videos["file"])
+        names = job.files() if job.cancel else [videos["file"]] if is_file_ref(videos) else []
+        for name in names:
+            self.blobs.delete(name)
 
     def prune(self) -> None:
         """Forget the finished jobs beyond the latest ``keep_jobs`` and those finished more than
