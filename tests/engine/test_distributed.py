@@ -117,7 +117,7 @@ init_distributed()
 out, cfg = Path(sys.argv[1]), FlashGRPOConfig.from_dict(json.loads(sys.argv[2]))
 recipe = FlashGRPORecipe(cfg, run_dir=out / "run").setup()
 rank = recipe.dist.rank
-save_file({f"{i}": recipe._embeddings[p] for i, p in enumerate(sorted(recipe._embeddings))},
+save_file({f"{i}": recipe._embeddings[p].clone() for i, p in enumerate(sorted(recipe._embeddings))},
           str(out / f"embeddings{rank}.safetensors"))
 (out / f"rank{rank}.json").write_text(json.dumps({"loads": loads, "text_encoder": recipe.pipe.text_encoder is not None,
                                                   "prompts": sorted(recipe._embeddings)}))
@@ -141,19 +141,19 @@ def _probe(out, nproc, cfg):
 def test_fsdp_ranks_other_than_0_get_weights_and_embeddings_from_rank_0(tmp_path):
     """FSDP on 2 processes with a model read from a diffusers folder (the toy model): rank 1 never
     calls the transformer's weight loader and has no text encoder (rank 0 encodes the prompts and
-    broadcasts them, and sends every rank its shards); its embeddings equal those of 1 process
-    exactly, and the run ends with the LoRA of 1 process."""
+    broadcasts them, 64 prompts at a time, and sends every rank its shards); its embeddings equal
+    those of 1 process exactly, and the run ends with the LoRA of 1 process."""
     from trainer.engine.config import FlashGRPOConfig
 
     cfg = FlashGRPOConfig.from_dict({"model": "toy", "iterations": 2, "sample_videos": False, "eval_prompts": 2,
                                      "negative_prompt": "blurry", "sampling_steps": 6,
-                                     "prompts": ["a red circle", "a blue square", "a green ball", "a cat", "a dog"],
+                                     "prompts": [f"a red circle {i} on the left" for i in range(70)],
                                      "parallel": "fsdp"}, preset="tiny_demo").to_dict()
     one, one_emb, one_lora = _probe(tmp_path / "one", 1, cfg)
     two, two_emb, two_lora = _probe(tmp_path / "two", 2, cfg)
     assert len(one[0]["loads"]) == 1 and len(two[0]["loads"]) == 1 and two[0]["text_encoder"]
     assert two[1]["loads"] == [] and not two[1]["text_encoder"]
-    assert one[0]["prompts"] == two[1]["prompts"] and len(one[0]["prompts"]) == 6  # 3 train, 2 held out, negative
+    assert one[0]["prompts"] == two[1]["prompts"] and len(one[0]["prompts"]) == 71  # 68 + 2 held out + negative
     for emb in two_emb:
         assert emb.keys() == one_emb[0].keys()
         assert all(torch.equal(emb[k], one_emb[0][k]) for k in emb)

@@ -306,14 +306,14 @@ class FlashGRPORecipe:
         import importlib.util
         import shutil
 
-        backend = settings.compile_backend()
-        problem = None
         import torch._dynamo
 
+        backend, cxx = settings.compile_backend(), os.environ.get("CXX", "g++")  # inductor's compiler on the CPU
+        problem = None
         if not torch._dynamo.is_dynamo_supported():
             problem = "torch.compile does not support this Python or platform"
-        elif backend == "inductor" and self.device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
-            problem = f"torch.compile needs a C++ compiler on the CPU ({os.environ.get('CXX', 'g++')} not found)"
+        elif backend == "inductor" and self.device.type == "cpu" and not shutil.which(cxx):
+            problem = f"torch.compile needs a C++ compiler on the CPU ({cxx} not found)"
         elif backend == "inductor" and self.device.type == "cuda" and importlib.util.find_spec("triton") is None:
             problem = "torch.compile needs the triton package on CUDA"
         if problem:
@@ -517,8 +517,8 @@ class FlashGRPORecipe:
     def _setup_text(self) -> None:
         """Encode every prompt of the run (training, held-out, negative) once, then leave the text
         encoder on the CPU: on CUDA it visits the GPU only for this one batch. On several processes
-        rank 0 encodes and broadcasts the unpadded embeddings (token counts first, then the rows):
-        the other ranks need no text encoder."""
+        rank 0 encodes and broadcasts the unpadded embeddings (token counts first, then the rows of
+        64 prompts at a time): the other ranks need no text encoder."""
         prompts = sorted({*self.prompts.train, *self.prompts.eval, self.cfg.negative_prompt})
         if not self.dist.enabled:
             self._encode(prompts)
@@ -531,11 +531,13 @@ class FlashGRPORecipe:
             lengths = torch.zeros(len(prompts) + 1, dtype=torch.long)
         self.dist.broadcast_host_(lengths)
         *counts, width = lengths.tolist()
-        flat = (torch.cat(rows) if self.dist.is_main
-                else torch.empty((sum(counts), width), dtype=self.dtype))
-        self.dist.broadcast_host_(flat)
-        if not self.dist.is_main:
-            self._embeddings.update(zip(prompts, (r.clone() for r in flat.split(counts))))
+        for lo in range(0, len(prompts), 64):
+            part, sizes = prompts[lo:lo + 64], counts[lo:lo + 64]
+            flat = (torch.cat(rows[lo:lo + 64]) if self.dist.is_main
+                    else torch.empty((sum(sizes), width), dtype=self.dtype))
+            self.dist.broadcast_host_(flat)
+            if not self.dist.is_main:  # views into this part's rows
+                self._embeddings.update(zip(part, flat.split(sizes)))
 
     # ------------------------------------------------------------------------ components ----
     def embed(self, prompts: list[str]) -> torch.Tensor:
