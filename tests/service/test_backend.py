@@ -291,7 +291,7 @@ def test_a_sample_job_can_be_abandoned_and_the_backend_takes_the_next_job(backen
     with pytest.raises(JobAbandoned, match="stopped waiting"):
         runner.sample(cfg, ["a red ball"], should_stop=lambda: True)
     assert runner.sample(cfg, ["a red ball"]).videos.shape == (4, 9, 64, 64, 3)
-    assert set(backend.blob_store().directory.iterdir()) == files  # nobody reads an abandoned job's videos
+    assert set(backend.blob_store().directory.iterdir()) <= files  # nobody reads an abandoned job's videos
 
 
 def test_videos_travel_as_files_in_the_backends_folder(backend, tmp_path):
@@ -324,7 +324,7 @@ def test_videos_travel_as_files_in_the_backends_folder(backend, tmp_path):
     assert out["scores"] == inline_score["scores"]
     scored = BackendRunner(1, client=backend).score([{"name": "brightness"}], videos, ["a"] * 4, 4)
     assert scored.scores.tolist() == out["scores"]
-    assert set(store.directory.iterdir()) == before  # nothing left behind
+    assert set(store.directory.iterdir()) <= before  # nothing left behind (pruning may delete older files)
 
 
 def test_a_client_that_does_not_share_the_folder_sends_and_gets_videos_inline(backend, tmp_path, monkeypatch):
