@@ -30,6 +30,8 @@ Bytes follow the engine (``trainer/engine/recipe.py``, ``trainer/engine/models.p
   GPU for the whole run;
 * the UMT5-XXL text encoder in bf16, on the GPU only while the run's prompts are encoded at setup
   (``FlashGRPORecipe._setup_text``), then on the CPU; embeddings are cached unpadded on the CPU.
+  On several GPUs only rank 0 has a text encoder (it broadcasts the embeddings), so the "text
+  encoding" phase is rank 0's, the largest of the ranks.
 
 Sharding: DDP holds every byte above on every GPU. FSDP full shard (``_setup_parallel``: each LoRA
 layer, each block and the root wrapped by ``fully_shard``) holds ``1/N`` of the weights, LoRA,
@@ -76,12 +78,16 @@ pixels), plus the decoded videos of one ``decode_batch_size`` chunk and their ui
 figure (one 480x832x81 video decoded in float32 without tiling was measured at about 8 GB, twice
 what this formula gives; the GPU check measures it).
 
-Host RAM (``host_plan``, per process; ``x GPUs`` per machine, as every rank loads its own copy):
-while loading, the pipeline sits in host RAM (transformer in bf16, the VAE in float32, the text
-encoder in bf16) until it is moved to the GPU; afterwards the text encoder stays there, with the
-embedding cache (at most ``max_sequence_length`` rows of 4096 bf16 per prompt), one decoded chunk
-as uint8 plus a reward's float32 copy of it, and the held-out videos (uint8, before and after).
-Python, torch and the CUDA context (a few GiB) come on top.
+Host RAM (``host_plan``, per process): rank 0 loads the pipeline into host RAM (transformer in
+bf16, the VAE in float32, the text encoder in bf16) until it is moved to the GPU; afterwards the
+text encoder stays there, with the embedding cache (at most ``max_sequence_length`` rows of 4096
+bf16 per prompt), one decoded chunk as uint8 plus a reward's float32 copy of it, and the held-out
+videos (uint8, before and after). Every other rank of a machine (``recipe.pipeline_parts``) reads
+no text encoder (rank 0 broadcasts the embeddings, which it caches too) and, with FSDP, no
+transformer weights either: it builds the transformer on the meta device and receives its shards
+from rank 0, one tensor at a time, straight onto its GPU. With DDP it reads its own transformer
+copy. A machine of N GPUs holds rank 0 and N - 1 others. Python, torch and the CUDA context (a
+few GiB) come on top.
 
 The per-GPU peak is the largest of three phases on top of what stays resident (weights, LoRA,
 gradients, optimizer states, EMA, VAE): text encoding (plus the text encoder), rollout/decoding
@@ -313,7 +319,9 @@ def plan(model: str, gpus: int, parallel: str, frames: int = 81, height: int = 4
 
 def host_plan(model: str, frames: int = 81, height: int = 480, width: int = 832, text_len: int = 512,
               prompts: int = 1000, decode_batch: int = 1, eval_prompts: int = 2, processes: int = 1) -> dict:
-    """Host RAM of one process (module docstring) and of ``processes`` processes on one machine."""
+    """Host RAM of rank 0 (``items``, ``phases``, ``peak``), of another rank with DDP and with FSDP
+    (``other``: their items and peaks), and of a machine running ``processes`` ranks
+    (``machine_peak``: rank 0 and ``processes - 1`` others, per ``parallel``)."""
     tf, vae, te_params = model_counts(model), vae_summary(model), text_encoder_params()
     video = 3 * frames * height * width  # one uint8 video
     items = {
@@ -324,12 +332,19 @@ def host_plan(model: str, frames: int = 81, height: int = 480, width: int = 832,
         "decoded chunk (uint8) + a reward's float32 copy": decode_batch * video * (1 + FP32),
         f"held-out videos (uint8, {eval_prompts} before + after)": 2 * eval_prompts * video,
     }
-    keys = list(items)
-    loading = sum(items[k] for k in keys[:3])
-    running = sum(items[k] for k in keys[2:])
-    peak = max(loading, running)
-    return {"items": items, "phases": {"loading": loading, "training": running}, "peak": peak,
-            "processes": processes, "machine_peak": peak * processes}
+
+    def peaks(its: dict) -> dict:
+        keys = list(its)
+        return {"loading": sum(its[k] for k in keys[:3]), "training": sum(its[k] for k in keys[2:])}
+
+    phases = peaks(items)
+    no_text = {**items, "text encoder (bf16, stays on the CPU)": 0}
+    other = {"ddp": no_text, "fsdp": {**no_text, "transformer while loading (bf16)": 0}}
+    other_peak = {k: max(peaks(v).values()) for k, v in other.items()}
+    peak = max(phases.values())
+    return {"items": items, "phases": phases, "peak": peak, "other": {"items": other, "peak": other_peak},
+            "processes": processes,
+            "machine_peak": {k: peak + (processes - 1) * v for k, v in other_peak.items()}}
 
 
 PRESET_GPU_GIB = {"flash_grpo_wan2.1_1.3b": 78.0, "flow_grpo_wan2.1_1.3b": 78.0,
@@ -355,7 +370,7 @@ def preset_plans(prompts: int = 1000) -> list[dict]:
                  decode_batch=cfg.decode_batch_size, vae_tiling=cfg.vae_tiling)
         p["preset"] = name
         p["host"] = host_plan("1.3b", **size, text_len=cfg.max_sequence_length, prompts=prompts,
-                              decode_batch=cfg.decode_batch_size, eval_prompts=cfg.eval_prompts)
+                              decode_batch=cfg.decode_batch_size, eval_prompts=cfg.eval_prompts, processes=8)
         out.append(p)
     return out
 
@@ -378,9 +393,13 @@ def preset_table(plans: list[dict]) -> str:
         lines.append(f"| host: {item} | " + " | ".join(gib(p["host"]["items"][item]) for p in plans) + " |")
     for phase in plans[0]["host"]["phases"]:
         lines.append(f"| host peak: {phase} | " + " | ".join(gib(p["host"]["phases"][phase]) for p in plans) + " |")
-    lines.append("| **host peak per process** | " + " | ".join(f"**{p['host']['peak'] / GIB:.1f}**" for p in plans) + " |")
-    lines.append("| host peak, 8 processes on one machine | " + " | ".join(
-        f"{8 * p['host']['peak'] / GIB:.1f}" for p in plans) + " |")
+    lines.append("| **host peak, rank 0** | " + " | ".join(f"**{p['host']['peak'] / GIB:.1f}**" for p in plans) + " |")
+    for par in ("ddp", "fsdp"):
+        lines.append(f"| host peak, another rank ({par.upper()}) | " + " | ".join(
+            f"{p['host']['other']['peak'][par] / GIB:.1f}" for p in plans) + " |")
+    for par in ("ddp", "fsdp"):
+        lines.append(f"| host peak, 8 processes on one machine ({par.upper()}) | " + " | ".join(
+            f"{p['host']['machine_peak'][par] / GIB:.1f}" for p in plans) + " |")
     return "\n".join(lines)
 
 

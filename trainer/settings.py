@@ -29,6 +29,10 @@ Test and debugging switches:
     DDP never all-reduces gradients (a negative control: ranks must then drift apart).
 ``FLASH_GRPO_TEST_FAULT_PROMPT=TEXT``
     A backend job with this prompt fails with an internal error (tests of the backend's recovery).
+``FLASH_GRPO_COMPILE_BACKEND=aot_eager``
+    The torch.compile backend of ``compile_blocks`` (default ``inductor``; ``aot_eager`` or
+    ``eager`` compile nothing to machine code: to debug, and for tests on a 2-core CPU, where
+    inductor takes minutes).
 
 Where jobs run (in this process or in the backend) is not an environment variable: it is chosen
 once by the entry point (``python -m trainer.run --in-process``) and carried by the host's runner.
@@ -52,6 +56,7 @@ IDLE_TIMEOUT_ENV = "FLASH_GRPO_IDLE_TIMEOUT"
 DIST_BACKEND_ENV = "FLASH_GRPO_DIST_BACKEND"
 NO_GRAD_SYNC_ENV = "FLASH_GRPO_TEST_DISABLE_GRAD_SYNC"
 TEST_FAULT_ENV = "FLASH_GRPO_TEST_FAULT_PROMPT"
+COMPILE_BACKEND_ENV = "FLASH_GRPO_COMPILE_BACKEND"
 
 DEFAULT_STATE_DIR = "~/.cache/flash_grpo/backend"
 DEFAULT_IDLE_TIMEOUT_S = 900.0
@@ -108,3 +113,8 @@ def grad_sync_disabled() -> bool:
 
 def test_fault_prompt() -> str | None:
     return os.environ.get(TEST_FAULT_ENV) or None
+
+
+def compile_backend() -> str:
+    """``FLASH_GRPO_COMPILE_BACKEND`` (``inductor`` when unset)."""
+    return os.environ.get(COMPILE_BACKEND_ENV) or "inductor"

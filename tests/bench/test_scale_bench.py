@@ -165,8 +165,16 @@ def test_memory_plan_of_the_cuda_presets_on_gpu_and_host():
         assert host["peak"] >= te + mp.model_counts("1.3b")["weight_bytes"]  # loading: all on the CPU
         assert host["items"]["decoded chunk (uint8) + a reward's float32 copy"] == 5 * 3 * (
             p["settings"]["frames"] * p["settings"]["height"] * p["settings"]["width"])
+        # the other ranks read no text encoder, and with FSDP no transformer weights
+        other = host["other"]["items"]
+        assert other["ddp"]["text encoder (bf16, stays on the CPU)"] == 0
+        assert other["fsdp"]["transformer while loading (bf16)"] == 0
+        assert host["other"]["peak"]["fsdp"] <= host["other"]["peak"]["ddp"] <= host["peak"] - te
+        assert host["machine_peak"]["fsdp"] == host["peak"] + 7 * host["other"]["peak"]["fsdp"]
+    big = mp.host_plan("14b", processes=8)  # 14B: a rank that reads no weights holds far less
+    assert big["other"]["peak"]["fsdp"] < big["other"]["peak"]["ddp"] / 4 < big["peak"] / 4
     # tiling bounds the VAE's working set by its tile, whatever the frame size
     vae = mp.vae_summary("1.3b")
     assert mp.vae_decode_bytes(vae, 480, 832, tiling=True) == mp.vae_decode_bytes(vae, 256, 256)
     table = mp.preset_table(list(plans.values()))
-    assert "`flash_grpo_wan2.1_1.3b_24gb`" in table and "host peak per process" in table
+    assert "`flash_grpo_wan2.1_1.3b_24gb`" in table and "host peak, rank 0" in table

@@ -71,7 +71,7 @@ def test_backend_runner_gives_what_the_local_runner_gives(backend, tmp_path):
     assert backend.health()["jobs_run"] == {**before, "sample": before["sample"] + 1}
     here = local.sample(cfg, ["a red ball", "a cat"])
     assert out.steps == here.steps and out.prompts == here.prompts
-    assert torch.allclose(out.videos, here.videos, atol=1 / 255 + 1e-6)  # uint8 transport
+    assert torch.allclose(out.videos, here.videos, atol=1 / 255 + 1e-6)  # another process: a rounding may differ
     scored = remote.score([{"name": "brightness"}], out.videos, out.prompts, 4)
     assert backend.health()["jobs_run"] == {**before, "sample": before["sample"] + 1, "score": before["score"] + 1}
     # the backend receives uint8 videos: score the same uint8 videos here
@@ -282,11 +282,140 @@ def test_offload_gives_the_gpu_memory_back_and_the_next_job_still_runs(tmp_path)
 
 def test_a_sample_job_can_be_abandoned_and_the_backend_takes_the_next_job(backend, tmp_path):
     """ComfyUI's Cancel during a sample (or score) job: the client stops waiting at once; the
-    backend finishes that job, then serves the next."""
+    backend finishes that job (and deletes its videos), then serves the next."""
     from trainer.service.runner import BackendRunner, JobAbandoned
 
     runner = BackendRunner(1, client=backend)  # not closed: the module's backend stays up
     cfg = tiny(tmp_path)
+    files = set(backend.blob_store().directory.iterdir())
     with pytest.raises(JobAbandoned, match="stopped waiting"):
         runner.sample(cfg, ["a red ball"], should_stop=lambda: True)
     assert runner.sample(cfg, ["a red ball"]).videos.shape == (4, 9, 64, 64, 3)
+    assert set(backend.blob_store().directory.iterdir()) <= files  # nobody reads an abandoned job's videos
+
+
+def test_videos_travel_as_files_in_the_backends_folder(backend, tmp_path):
+    """A client on the backend's machine sends and receives videos as files in <state>/blobs:
+    the same videos as inline JSON, bit for bit; each file is gone once read (sample) or once its
+    job has ended (score)."""
+    from trainer.service.runner import BackendRunner
+    from trainer.service.wire import encode_array
+
+    store = backend.blob_store()
+    assert store is not None and store.directory == backend.directory / "blobs" and backend.transport() == "file"
+    before = set(store.directory.iterdir())  # earlier tests' unread results stay until their jobs are pruned
+    cfg = tiny(tmp_path).to_dict()
+    as_file = backend.run_job("sample", {"config": cfg, "prompts": ["a red ball"]})
+    inline = backend.run_job("sample", {"config": cfg, "prompts": ["a red ball"], "transport": "inline"})
+    assert set(as_file["videos"]) == {"file", "shape", "dtype"} and "data" in inline["videos"]
+    path = store.path(as_file["videos"]["file"])
+    assert path.is_file() and path.stat().st_size > 4 * 9 * 64 * 64 * 3  # the raw uint8 videos and a header
+    videos = backend.take_videos(as_file["videos"])
+    assert not path.exists()  # deleted once read
+    assert videos.dtype == torch.uint8 and torch.equal(videos, backend.take_videos(inline["videos"]))
+
+    ref = backend.put_videos(videos)
+    assert store.path(ref["file"]).is_file()
+    out = backend.run_job("score", {"rewards": [{"name": "brightness"}], "videos": ref, "prompts": ["a"] * 4,
+                                    "group_size": 4})
+    assert not store.path(ref["file"]).exists()  # deleted by the backend once the job has ended
+    inline_score = backend.run_job("score", {"rewards": [{"name": "brightness"}], "prompts": ["a"] * 4,
+                                             "videos": encode_array(videos), "group_size": 4})
+    assert out["scores"] == inline_score["scores"]
+    scored = BackendRunner(1, client=backend).score([{"name": "brightness"}], videos, ["a"] * 4, 4)
+    assert scored.scores.tolist() == out["scores"]
+    assert set(store.directory.iterdir()) <= before  # nothing left behind (pruning may delete older files)
+
+
+def test_a_client_that_does_not_share_the_folder_sends_and_gets_videos_inline(backend, tmp_path, monkeypatch):
+    """A client elsewhere (here: a probe file it cannot find) falls back to inline videos."""
+    from trainer.service.runner import BackendRunner
+
+    remote = client.BackendClient(backend.url, backend.token)
+    monkeypatch.setattr(client, "PROBE_FILE", "not-the-probe.txt")
+    assert remote.blob_store() is None and remote.transport() == "inline"
+    runner = BackendRunner(1, client=remote)
+    out = runner.sample(tiny(tmp_path), ["a red ball"])
+    assert out.videos.shape == (4, 9, 64, 64, 3)
+    assert runner.score([{"name": "brightness"}], out.videos, out.prompts, 4).scores.shape == (4,)
+
+
+def test_finished_jobs_are_pruned_with_their_files(tmp_path):
+    """A backend started by hand keeping 2 finished jobs for at most 8 s: the oldest job, and then
+    every job past 8 s, answers 404 saying it was pruned; its video file is deleted."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.support import ROOT
+
+    state = tmp_path / "state"
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.backend", "--state-dir", str(state), "--keep-jobs", "2",
+                             "--keep-jobs-for", "8"], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (state / "backend.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        info = json.loads((state / "backend.json").read_text())
+        c = client.BackendClient(info["url"], info["token"], None, state)
+        sampled = c.run_job("sample", {"config": tiny(tmp_path).to_dict(), "prompts": ["a red ball"]})
+        path = c.blob_store().path(sampled["videos"]["file"])
+        assert path.is_file()
+        videos = torch.zeros((2, 5, 16, 16, 3), dtype=torch.uint8)
+        scores = [c.run_job("score", {"rewards": ["brightness"], "videos": c.put_videos(videos), "prompts": ["a", "b"],
+                                      "group_size": 2}) for _ in range(2)]
+        with pytest.raises(client.BackendError, match=f"404.*job {sampled['job_id']} has finished and was pruned"):
+            c.request("GET", f"/jobs/{sampled['job_id']}")
+        assert not path.exists()
+        with pytest.raises(client.BackendError, match="was pruned"):
+            c.run_job("sample", {}, job_id=sampled["job_id"])  # re-attaching to it says why it is gone
+        assert c.request("GET", f"/jobs/{scores[1]['job_id']}")["state"] == "done"
+        with pytest.raises(client.BackendError, match="404.*no job 0123 on this backend"):
+            c.request("GET", "/jobs/0123")
+        deadline = time.time() + 30  # 8 s after it finished, within a heartbeat (5 s)
+        while time.time() < deadline:
+            try:
+                c.request("GET", f"/jobs/{scores[1]['job_id']}")
+            except client.BackendError as e:
+                assert "was pruned" in str(e)
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("a finished job outlived --keep-jobs-for")
+        c.shutdown()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_two_processes_sample_every_ranks_videos_in_global_order(tmp_path):
+    """A sample job on a 2-process backend: rank 1's videos reach the client too, after rank 0's
+    (prompt order), as one process samples them; with DDP and with FSDP (whose sharded model is not
+    kept warm: the next job loads afresh); a score job runs there as here."""
+    from trainer.service.runner import BackendRunner, LocalRunner
+
+    c = client.launch(2, tmp_path / "state")
+    try:
+        runner = BackendRunner(2, client=c)
+        cfg, prompts = tiny(tmp_path), ["a red ball", "a cat"]  # one prompt per process
+        here = LocalRunner().sample(cfg, prompts)
+        ddp = runner.sample(cfg, prompts)
+        assert ddp.videos.shape == (8, 9, 64, 64, 3) and ddp.prompts == here.prompts and ddp.steps == here.steps
+        assert torch.allclose(ddp.videos, here.videos, atol=1 / 255 + 1e-6)  # other processes: a rounding may differ
+        assert (ddp.videos[:4] - here.videos[4:]).abs().mean() > 20 / 255  # so the order is what is checked
+        fsdp = runner.sample(FlashGRPOConfig.from_dict({**cfg.to_dict(), "parallel": "fsdp"}), prompts)
+        assert torch.allclose(fsdp.videos, here.videos, atol=1 / 255 + 1e-6)
+        loads = c.health()["model_loads"]
+        again = runner.sample(cfg, prompts)
+        assert c.health()["model_loads"] == loads + 1 and torch.equal(again.videos, ddp.videos)
+        scored = runner.score([{"name": "brightness"}], ddp.videos, ddp.prompts, 4)
+        mine = LocalRunner().score([{"name": "brightness"}], (ddp.videos * 255).round().to(torch.uint8), ddp.prompts, 4)
+        assert torch.allclose(scored.scores, mine.scores) and torch.allclose(scored.advantages, mine.advantages)
+        assert [p.name for p in c.blob_store().directory.iterdir()] == ["probe.txt"]
+    finally:
+        c.shutdown()
+        if c.process.poll() is None:
+            os.killpg(c.process.pid, signal.SIGKILL)

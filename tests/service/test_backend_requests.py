@@ -53,12 +53,29 @@ def video_array(n=4, t=2, h=8, w=8, extra_bytes=0):
     return {"shape": [n, t, h, w, 3], "dtype": "uint8", "data": base64.b64encode(data).decode()}
 
 
-def bad_bodies(tmp_path):
+def bad_files(blobs, tmp_path):
+    """Video file references the backend must refuse (each names a file in or near its folder)."""
+    import numpy as np
+
+    outside = tmp_path / ("d" * 32 + ".npy")
+    np.save(outside, np.zeros((4, 2, 8, 8, 3), dtype=np.uint8))
+    (blobs.directory / ("e" * 32 + ".npy")).symlink_to(outside)  # a valid name, but a link out of the folder
+    np.save(blobs.directory / ("f" * 32 + ".npy"), np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    np.save(blobs.directory / ("0" * 32 + ".npy"), np.zeros((4, 2, 8, 8, 3), dtype=np.float32))
+    np.save(blobs.directory / ("1" * 32 + ".npy"), np.zeros((4, 2, 8, 8), dtype=np.uint8))
+    return [{"file": f"../{outside.name}"}, {"file": str(outside)}, {"file": "../backend.json"},
+            {"file": "backend.json"}, {"file": "probe.txt"}, {"file": 7}, {"file": "a" * 32 + ".npy"},
+            {"file": "e" * 32 + ".npy"}, {"file": "f" * 32 + ".npy"}, {"file": "0" * 32 + ".npy"},
+            {"file": "1" * 32 + ".npy"}]
+
+
+def bad_bodies(tmp_path, blobs):
     """(body, the field its 400 must name)."""
     cfg = tiny(tmp_path)
     score = {"kind": "score", "rewards": [{"name": "brightness"}], "videos": video_array(),
              "prompts": ["a"] * 4, "group_size": 2}
-    return [
+    return [*[(json.dumps({**score, "videos": ref}).encode(), "videos") for ref in bad_files(blobs, tmp_path)],
+        (json.dumps({"kind": "sample", "config": cfg, "prompts": ["a"], "transport": "pigeon"}).encode(), "transport"),
         (b"[1, 2]", "JSON object"),
         (b"{not json", "not JSON"),
         (b"\xff\xfe\x00", "not JSON"),
@@ -95,7 +112,7 @@ def test_malformed_requests_get_400_naming_the_field_and_lose_no_queued_job(back
     job_id = backend.request("POST", "/jobs", {"kind": "train", "config": tiny(tmp_path, run_name="kept",
                                                                                 iterations=3)})["job_id"]
     queued = backend.request("POST", "/jobs", {"kind": "sample", "config": tiny(tmp_path), "prompts": ["a cat"]})
-    for body, field in bad_bodies(tmp_path):
+    for body, field in bad_bodies(tmp_path, backend.blob_store()):
         status, reply = raw(backend, "POST", "/jobs", body)
         assert status == 400, (body[:80], status, reply)
         assert field in reply["error"], (body[:80], reply)

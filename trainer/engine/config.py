@@ -84,6 +84,10 @@ class FlashGRPOConfig:
                                 "package or GPU is missing is refused at setup.",
                                 ("native", "_native_flash", "_native_efficient", "_native_cudnn", "_native_math",
                                  "flash", "_flash_3", "sage"))
+    compile_blocks: bool = _f(False, "torch.compile each transformer block (in place, after the LoRA, before the "
+                              "DDP/FSDP wrapping), meant to speed up GPU runs (not measured yet). The first calls of "
+                              "each shape compile (minutes). Needs triton on CUDA and a C++ compiler on the CPU; "
+                              "refused at setup where it cannot run.")
     vae_tiling: bool = _f(False, "Decode with diffusers' VAE tiling (enable_tiling): bounded GPU memory for "
                           "large frames; on CUDA the VAE also runs in the transformer's dtype.")
     # --- LoRA ---------------------------------------------------------------------------------

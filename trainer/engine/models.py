@@ -92,7 +92,16 @@ def make_scheduler(shift: float):
     )
 
 
-def build_tiny_pipeline(seed: int = 0, shift: float = 3.0):
+def meta_wan_transformer(config: dict):
+    """A ``WanTransformer3DModel`` of ``config`` on the meta device: shapes and dtypes (float32),
+    no memory. A rank that receives its weights from another builds this."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.device("meta"):
+        return WanTransformer3DModel.from_config(config)
+
+
+def build_tiny_pipeline(seed: int = 0, shift: float = 3.0, text_encoder: bool = True, transformer_weights: bool = True):
     """Build the tiny Wan2.1 stack (about 40k transformer parameters).
 
     Deterministic for a given ``seed``; offline; well under a second after imports. The
@@ -102,7 +111,8 @@ def build_tiny_pipeline(seed: int = 0, shift: float = 3.0):
     ``trainer/assets/tiny_vae`` (written by ``python -m trainer.toy.vae``; its config carries the real
     ``latents_mean``/``latents_std``), so decoded colours and brightness follow the latents and
     pixel rewards can be moved by training; if that folder is missing it falls back, with a
-    warning, to a random VAE whose decoder barely reacts to its latents.
+    warning, to a random VAE whose decoder barely reacts to its latents. ``text_encoder`` and
+    ``transformer_weights`` as for ``load_pipeline``.
     """
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -110,10 +120,12 @@ def build_tiny_pipeline(seed: int = 0, shift: float = 3.0):
     tokenizer = _tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = UMT5EncoderModel(
+        # built even when not wanted: the transformer's random init comes after it
+        encoder = UMT5EncoderModel(
             UMT5Config(vocab_size=len(tokenizer), **TINY_CONFIG["text_encoder"])
         ).eval()
-        transformer = WanTransformer3DModel(**TINY_CONFIG["transformer"])
+        with torch.device("cpu" if transformer_weights else "meta"):  # meta: draws no random numbers
+            transformer = WanTransformer3DModel(**TINY_CONFIG["transformer"])
         vae_dir = PACKAGE_DIR / "assets" / "tiny_vae"
         if (vae_dir / "config.json").is_file():
             vae = AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval()
@@ -125,12 +137,13 @@ def build_tiny_pipeline(seed: int = 0, shift: float = 3.0):
             )
             vae = AutoencoderKLWan(**TINY_CONFIG["vae"]).eval()
     return WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-        scheduler=make_scheduler(shift),
+        tokenizer=tokenizer if text_encoder else None, text_encoder=encoder if text_encoder else None,
+        vae=vae, transformer=transformer, scheduler=make_scheduler(shift),
     )
 
 
-def _load_diffusers_folder(model: str, shift: float, dtype: torch.dtype):
+def _load_diffusers_folder(model: str, shift: float, dtype: torch.dtype, text_encoder: bool = True,
+                           transformer_weights: bool = True):
     """A local diffusers Wan2.1 T2V folder; ``UserError`` naming what is missing."""
     path = Path(os.path.expanduser(model))
     if not path.is_dir():
@@ -163,9 +176,13 @@ def _load_diffusers_folder(model: str, shift: float, dtype: torch.dtype):
             f"{path} holds a {index.get('_class_name')}, not a Wan text-to-video pipeline "
             "(WanPipeline). Image-to-video and other Wan variants are not supported."
         )
-    from diffusers import WanPipeline
+    from diffusers import WanPipeline, WanTransformer3DModel
 
-    pipe = WanPipeline.from_pretrained(str(path), torch_dtype=dtype)
+    skip = {} if text_encoder else {"text_encoder": None, "tokenizer": None}
+    if not transformer_weights:
+        skip["transformer"] = meta_wan_transformer(WanTransformer3DModel.load_config(
+            str(path / "transformer"), local_files_only=True))
+    pipe = WanPipeline.from_pretrained(str(path), torch_dtype=dtype, **skip)
     pipe.scheduler = make_scheduler(shift)
     # The VAE decodes in float32: cheap next to the transformer and exact colours for rewards.
     pipe.vae.to(torch.float32)
@@ -406,7 +423,8 @@ def _load_component_folder(cls, folder: Path, dtype):
 
 def load_comfy_files(transformer_path: str | os.PathLike, vae_path: str | os.PathLike,
                      text_encoder_path: str | os.PathLike | None, config_dir: str | os.PathLike | None = None,
-                     shift: float = 3.0, dtype: torch.dtype = torch.float32):
+                     shift: float = 3.0, dtype: torch.dtype = torch.float32, text_encoder: bool = True,
+                     transformer_weights: bool = True):
     """A ``WanPipeline`` from ComfyUI model files.
 
     * ``transformer_path``: a ComfyUI/original-format Wan2.1 T2V file (``diffusion_models/``),
@@ -417,6 +435,7 @@ def load_comfy_files(transformer_path: str | os.PathLike, vae_path: str | os.Pat
       ``AutoencoderKLWan`` folder.
     * ``text_encoder_path``: a ComfyUI umt5 file (``load_comfy_text_encoder``), or a diffusers
       pipeline folder holding ``text_encoder/`` and ``tokenizer/``.
+    * ``text_encoder`` and ``transformer_weights`` as for ``load_pipeline``.
     """
     import tempfile
 
@@ -440,7 +459,13 @@ def load_comfy_files(transformer_path: str | os.PathLike, vae_path: str | os.Pat
                 (config_dir / "transformer" / "config.json").write_text(json.dumps(inferred))
         config_dir = Path(config_dir)
         try:
-            transformer = load_wan_transformer_file(transformer_path, config_dir, dtype)
+            if transformer_weights:
+                transformer = load_wan_transformer_file(transformer_path, config_dir, dtype)
+            else:
+                from diffusers import WanTransformer3DModel
+
+                transformer = meta_wan_transformer(WanTransformer3DModel.load_config(
+                    str(config_dir), subfolder="transformer", local_files_only=True))
         except UserError:
             raise
         except Exception as exc:
@@ -457,29 +482,38 @@ def load_comfy_files(transformer_path: str | os.PathLike, vae_path: str | os.Pat
                 local_files_only=True,
             )
     te_path = Path(text_encoder_path)
+    if not text_encoder:
+        return WanPipeline(tokenizer=None, text_encoder=None, vae=vae.eval(), transformer=transformer,
+                           scheduler=make_scheduler(shift))
     if te_path.is_dir():
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        text_encoder = UMT5EncoderModel.from_pretrained(str(te_path / "text_encoder"), torch_dtype=dtype)
+        encoder = UMT5EncoderModel.from_pretrained(str(te_path / "text_encoder"), torch_dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(te_path / "tokenizer"))
     else:
-        tokenizer, text_encoder = load_comfy_text_encoder(te_path, dtype=dtype)
-    if text_encoder.config.d_model != transformer.config.text_dim:
+        tokenizer, encoder = load_comfy_text_encoder(te_path, dtype=dtype)
+    if encoder.config.d_model != transformer.config.text_dim:
         raise UserError(
-            f"the text encoder's width {text_encoder.config.d_model} differs from the diffusion "
+            f"the text encoder's width {encoder.config.d_model} differs from the diffusion "
             f"model's text_dim {transformer.config.text_dim}: pick the umt5_xxl encoder for Wan2.1."
         )
-    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae.eval(),
+    return WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=vae.eval(),
                        transformer=transformer, scheduler=make_scheduler(shift))
 
 
-def load_pipeline(model: str, shift: float = 3.0, dtype: torch.dtype = torch.float32, seed: int = 0):
+def load_pipeline(model: str, shift: float = 3.0, dtype: torch.dtype = torch.float32, seed: int = 0,
+                  text_encoder: bool = True, transformer_weights: bool = True):
     """Load any ``model`` value: ``"tiny"`` (the built-in model), ``"toy"`` (the shipped
     pretrained toy model, a diffusers folder loaded like any other), a local diffusers Wan2.1 T2V
     folder, or a manifest of ComfyUI model files (a path ending in ``COMFY_MODEL_SUFFIX``, written
-    by ``write_comfy_manifest``). Raises ``UserError`` naming what is missing and how to fix it."""
+    by ``write_comfy_manifest``). Raises ``UserError`` naming what is missing and how to fix it.
+
+    ``text_encoder=False``: no text encoder and tokenizer (None in the pipeline).
+    ``transformer_weights=False``: the transformer is built from its config on the meta device and
+    its weights file is never read (``meta_wan_transformer``)."""
+    parts = {"text_encoder": text_encoder, "transformer_weights": transformer_weights}
     if model == TINY_MODEL:
-        return build_tiny_pipeline(seed=seed, shift=shift)
+        return build_tiny_pipeline(seed=seed, shift=shift, **parts)
     model = resolve_model(model)
     if str(model).endswith(COMFY_MODEL_SUFFIX):
         path = Path(os.path.expanduser(model))
@@ -489,5 +523,5 @@ def load_pipeline(model: str, shift: float = 3.0, dtype: torch.dtype = torch.flo
         config = m.get("config") or "auto"
         config_dir = None if config == "auto" else CONFIGS_DIR / config
         return load_comfy_files(m["transformer"], m["vae"], m.get("text_encoder"), config_dir,
-                                shift=shift, dtype=dtype)
-    return _load_diffusers_folder(model, shift=shift, dtype=dtype)
+                                shift=shift, dtype=dtype, **parts)
+    return _load_diffusers_folder(model, shift=shift, dtype=dtype, **parts)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -80,6 +81,15 @@ def vae_to_uint8(video: torch.Tensor, frames_per_slice: int = 16) -> torch.Tenso
         x = video[:, :, t:t + frames_per_slice].float().permute(0, 2, 3, 4, 1)
         out[:, t:t + frames_per_slice] = ((x + 1.0) / 2.0).clamp(0, 1).mul(255.0).round().to(torch.uint8)
     return out
+
+
+def pipeline_parts(cfg: FlashGRPOConfig, dist: Dist) -> dict[str, bool]:
+    """What this process loads (``load_pipeline``'s switches). On several processes rank 0 alone
+    reads the text encoder (it encodes every prompt and broadcasts the embeddings) and, with
+    FSDP, the transformer's weights (the other ranks build it on the meta device and receive
+    their shards from rank 0)."""
+    other = dist.enabled and not dist.is_main
+    return {"text_encoder": not other, "transformer_weights": not (other and cfg.parallel == "fsdp")}
 
 
 def resolve_device_and_dtype(cfg: FlashGRPOConfig) -> tuple[bool, torch.dtype]:
@@ -164,6 +174,7 @@ class FlashGRPORecipe:
         self._setup_device()
         self._setup_model()
         self._setup_lora()
+        self._setup_compile()
         self._setup_parallel()
         self._setup_rewards()
         self._setup_data()
@@ -183,14 +194,31 @@ class FlashGRPORecipe:
             torch.cuda.set_device(self.dist.local_rank)
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
 
+    @property
+    def _fsdp(self) -> bool:
+        return self.dist.enabled and self.cfg.parallel == "fsdp"
+
+    @property
+    def reusable_model(self) -> bool:
+        """Whether the pipeline can serve another run: not once FSDP has sharded its transformer
+        in place or its blocks were compiled."""
+        return not (self._fsdp or self.cfg.compile_blocks)
+
     def _setup_model(self) -> None:
         cfg = self.cfg
-        pipe = self._pipeline or load_pipeline(cfg.model, shift=cfg.shift, dtype=self.dtype, seed=cfg.seed)
+        pipe = self._pipeline or load_pipeline(cfg.model, shift=cfg.shift, dtype=self.dtype, seed=cfg.seed,
+                                               **pipeline_parts(cfg, self.dist))
         self.pipe = pipe
         self.transformer = pipe.transformer
-        self.base_model_hash = weights_hash(self.transformer)
+        if self.dist.enabled:  # rank 0's hash (the other ranks may hold no weights)
+            self.base_model_hash = self.dist.broadcast_bytes(
+                weights_hash(self.transformer).encode() if self.dist.is_main else None).decode()
+        else:
+            self.base_model_hash = weights_hash(self.transformer)
+        if self._fsdp:
+            self._match_main_tensors()
         self.transformer.requires_grad_(False)
-        if not (self.dist.enabled and cfg.parallel == "fsdp"):
+        if not self._fsdp:
             # FSDP moves each unit to the GPU as it shards it (``_setup_parallel``), so a rank
             # never holds the whole unsharded transformer on its GPU.
             self.transformer.to(self.device)
@@ -234,6 +262,27 @@ class FlashGRPORecipe:
         except (RuntimeError, ValueError, ImportError) as exc:
             raise UserError(f"attention_backend={name!r} cannot be used here: {exc}") from exc
 
+    def _match_main_tensors(self) -> None:
+        """FSDP on several processes: give this rank's transformer (on the meta device, or loaded)
+        rank 0's tensor dtypes, and check that it has rank 0's names and shapes (rank 0 sends them
+        as JSON). The values follow in ``_load_from_main``, once the model is sharded."""
+        # plain names: a warm model that had a LoRA keeps peft's wrappers (``to_q.base_layer.weight``)
+        tensors = {n.replace(".base_layer.", "."): t for n, t in self._named_tensors() if "lora_" not in n}
+        spec = {n: [list(t.shape), str(t.dtype).removeprefix("torch.")] for n, t in tensors.items()}
+        main = json.loads(self.dist.broadcast_bytes(json.dumps(spec).encode() if self.dist.is_main else None))
+
+        def match():
+            if spec.keys() != main.keys():
+                raise UserError(f"rank {self.dist.rank}'s transformer has other tensors than rank 0's: "
+                                f"{sorted(spec.keys() ^ main.keys())[:3]}; every rank must load the same model.")
+            for name, (shape, dtype) in main.items():
+                if spec[name][0] != shape:
+                    raise UserError(f"rank {self.dist.rank}'s transformer tensor {name} has shape {spec[name][0]}, "
+                                    f"rank 0's {shape}; every rank must load the same model.")
+                tensors[name].data = tensors[name].data.to(getattr(torch, dtype))
+
+        self._on_every_process(match, "matching its transformer to rank 0's")
+
     def _setup_lora(self) -> None:
         cfg = self.cfg
         if lora_lib.has_lora(self.transformer):  # a warm pipeline from an earlier run: start afresh
@@ -249,6 +298,29 @@ class FlashGRPORecipe:
             if cfg.ema_decay > 0 else None
         )
 
+    def _setup_compile(self) -> None:
+        """``compile_blocks``: compile each transformer block in place (``nn.Module.compile``), after
+        the LoRA and before the DDP/FSDP wrapping; refused where torch.compile cannot run."""
+        if not self.cfg.compile_blocks:
+            return
+        import importlib.util
+        import shutil
+
+        import torch._dynamo
+
+        backend, cxx = settings.compile_backend(), os.environ.get("CXX", "g++")  # inductor's compiler on the CPU
+        problem = None
+        if not torch._dynamo.is_dynamo_supported():
+            problem = "torch.compile does not support this Python or platform"
+        elif backend == "inductor" and self.device.type == "cpu" and not shutil.which(cxx):
+            problem = f"torch.compile needs a C++ compiler on the CPU ({cxx} not found)"
+        elif backend == "inductor" and self.device.type == "cuda" and importlib.util.find_spec("triton") is None:
+            problem = "torch.compile needs the triton package on CUDA"
+        if problem:
+            raise UserError(f"compile_blocks=true cannot be used here: {problem}. Set compile_blocks=false.")
+        for block in self.transformer.blocks:
+            block.compile(backend=backend)
+
     def _setup_parallel(self) -> None:
         """Wrap the transformer for several processes: DDP, or FSDP full sharding.
 
@@ -262,6 +334,8 @@ class FlashGRPORecipe:
         if self.cfg.parallel == "fsdp":
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+            # rank 0's weights (and LoRA init), kept past the sharding: the other ranks' come from them
+            full = {n: t.detach() for n, t in self._named_tensors()} if self.dist.is_main else None
             mp = MixedPrecisionPolicy(
                 param_dtype=self.dtype if self.device.type == "cuda" else None, reduce_dtype=torch.float32
             )
@@ -271,6 +345,8 @@ class FlashGRPORecipe:
             for block in self.transformer.blocks:
                 fully_shard(block, mp_policy=mp)
             fully_shard(self.transformer, mp_policy=mp)
+            self._load_from_main(full)
+            del full
             self.lora_params = [p for _, p in lora_lib.lora_parameters(self.transformer)]
             if self.ema is not None:
                 self.ema = {n: p.detach().clone() for n, p in lora_lib.lora_parameters(self.transformer)}
@@ -281,6 +357,30 @@ class FlashGRPORecipe:
             # (the update's; rollouts use the plain module and make different numbers of calls).
             self.model = DDP(self.transformer, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                              broadcast_buffers=False)
+
+    def _named_tensors(self):
+        yield from self.transformer.named_parameters()
+        yield from self.transformer.named_buffers()
+
+    @torch.no_grad()
+    def _load_from_main(self, full: dict[str, torch.Tensor] | None) -> None:
+        """Fill the sharded transformer with rank 0's tensors (``full``, None on the other ranks):
+        one tensor at a time, rank 0 broadcasts it whole and every rank keeps its own shard. A rank
+        on the meta device first gets empty shards (``to_empty``): it never holds all the weights."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        if any(t.is_meta for _, t in self._named_tensors()):
+            self.transformer.to_empty(device=self.device)
+        for name, tensor in self._named_tensors():
+            whole = (full[name].to(self.device) if full is not None
+                     else torch.empty(tensor.shape, dtype=tensor.dtype, device=self.device))
+            self.dist.broadcast_(whole)
+            if isinstance(tensor, DTensor):
+                shard = distribute_tensor(whole, tensor.device_mesh, tensor.placements, src_data_rank=None)
+                tensor.to_local().copy_(shard.to_local())
+            else:
+                tensor.copy_(whole)
+            del whole
 
     def _max_over_ranks(self, calls: int) -> int:
         """The largest ``calls`` of any rank (a collective); the FSDP rollout pads its forward calls
@@ -416,8 +516,28 @@ class FlashGRPORecipe:
 
     def _setup_text(self) -> None:
         """Encode every prompt of the run (training, held-out, negative) once, then leave the text
-        encoder on the CPU: on CUDA it visits the GPU only for this one batch."""
-        self.embed([*self.prompts.train, *self.prompts.eval, self.cfg.negative_prompt])
+        encoder on the CPU: on CUDA it visits the GPU only for this one batch. On several processes
+        rank 0 encodes and broadcasts the unpadded embeddings (token counts first, then the rows of
+        64 prompts at a time): the other ranks need no text encoder."""
+        prompts = sorted({*self.prompts.train, *self.prompts.eval, self.cfg.negative_prompt})
+        if not self.dist.enabled:
+            self._encode(prompts)
+            return
+        if self.dist.is_main:
+            self._encode(prompts)
+            rows = [self._embeddings[p] for p in prompts]
+            lengths = torch.tensor([r.shape[0] for r in rows] + [rows[0].shape[-1]], dtype=torch.long)
+        else:
+            lengths = torch.zeros(len(prompts) + 1, dtype=torch.long)
+        self.dist.broadcast_host_(lengths)
+        *counts, width = lengths.tolist()
+        for lo in range(0, len(prompts), 64):
+            part, sizes = prompts[lo:lo + 64], counts[lo:lo + 64]
+            flat = (torch.cat(rows[lo:lo + 64]) if self.dist.is_main
+                    else torch.empty((sum(sizes), width), dtype=self.dtype))
+            self.dist.broadcast_host_(flat)
+            if not self.dist.is_main:  # views into this part's rows
+                self._embeddings.update(zip(part, flat.split(sizes)))
 
     # ------------------------------------------------------------------------ components ----
     def embed(self, prompts: list[str]) -> torch.Tensor:
@@ -427,29 +547,37 @@ class FlashGRPORecipe:
         The cache keeps the unpadded rows (``[tokens, D]`` per prompt, in the model dtype, on CPU);
         prompts not seen at setup are encoded on demand, the encoder moving to the GPU and back.
         """
-        missing = sorted({p for p in prompts if p not in self._embeddings})
-        if missing:
-            from diffusers.pipelines.wan.pipeline_wan import prompt_clean
-
-            pipe, L = self.pipe, self.cfg.max_sequence_length
-            te = pipe.text_encoder
-            with torch.no_grad():
-                te.to(self.device)
-                for lo in range(0, len(missing), 16):  # bounded batches: 16 padded [L, D] at a time
-                    part = missing[lo:lo + 16]
-                    emb, _ = pipe.encode_prompt(part, do_classifier_free_guidance=False,
-                                                max_sequence_length=L, device=self.device)
-                    lengths = pipe.tokenizer([prompt_clean(p) for p in part], padding="max_length", max_length=L,
-                                             truncation=True, return_tensors="pt").attention_mask.sum(dim=1)
-                    for p, e, n in zip(part, emb, lengths.tolist()):
-                        self._embeddings[p] = e[:n].detach().to("cpu", self.dtype).clone()
-                if self.device.type == "cuda":
-                    te.to("cpu")
+        self._encode(prompts)
         L = self.cfg.max_sequence_length
         out = torch.zeros((len(prompts), L, self._embeddings[prompts[0]].shape[-1]), dtype=self.dtype)
         for i, p in enumerate(prompts):
             out[i, : self._embeddings[p].shape[0]] = self._embeddings[p]
         return out.to(self.device)
+
+    def _encode(self, prompts: list[str]) -> None:
+        """Put the prompts that are not cached yet into the cache (this process's text encoder)."""
+        missing = sorted({p for p in prompts if p not in self._embeddings})
+        if not missing:
+            return
+        pipe, L = self.pipe, self.cfg.max_sequence_length
+        te = pipe.text_encoder
+        if te is None:
+            raise UserError(f"rank {self.dist.rank} has no text encoder, and {missing[0]!r} was not encoded at setup: "
+                            "on several processes only the prompts of the config are encoded (by rank 0).")
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        with torch.no_grad():
+            te.to(self.device)
+            for lo in range(0, len(missing), 16):  # bounded batches: 16 padded [L, D] at a time
+                part = missing[lo:lo + 16]
+                emb, _ = pipe.encode_prompt(part, do_classifier_free_guidance=False,
+                                            max_sequence_length=L, device=self.device)
+                lengths = pipe.tokenizer([prompt_clean(p) for p in part], padding="max_length", max_length=L,
+                                         truncation=True, return_tensors="pt").attention_mask.sum(dim=1)
+                for p, e, n in zip(part, emb, lengths.tolist()):
+                    self._embeddings[p] = e[:n].detach().to("cpu", self.dtype).clone()
+            if self.device.type == "cuda":
+                te.to("cpu")
 
     def conditioning(self, prompts: list[str]) -> Conditioning:
         cond = self.embed(prompts)

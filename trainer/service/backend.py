@@ -18,7 +18,8 @@ HTTP API (all JSON, all need the token):
 ``GET /health``                 status, world size, model loads so far, jobs run per kind, current job,
                                 ``stopping`` (it takes no new jobs)
 ``POST /jobs``                  ``{"kind": "train"|"sample"|"score", ...}`` -> ``{"job_id"}``
-``GET /jobs/{id}``              state (queued, running, done, failed, cancelled), result, error
+``GET /jobs/{id}``              state (queued, running, done, failed, cancelled), result, error;
+                                404 once the job is pruned
 ``GET /jobs/{id}/events``       ``?after=N&wait=S``: events after the N-th, long-polling up to S s
 ``POST /jobs/{id}/cancel``      stop after the current iteration (a checkpoint is written)
 ``POST /shutdown``              stop the backend
@@ -32,6 +33,13 @@ it, has exited. After each job the warm model is handled by the ``--after-job`` 
 cache, so ComfyUI on the same GPU gets its memory back; ``keep`` leaves it on the GPU; ``shutdown``
 exits ``SHUTDOWN_GRACE_S`` idle seconds after the job.
 
+Videos travel as files in ``<state-dir>/blobs/`` (``trainer.service.wire``): a score job names the
+file the client wrote, a sample job's result the file rank 0 wrote (every rank's videos, gathered
+to rank 0 in global sample order). A client that does not share the folder sends and receives
+them inline instead (``"transport": "inline"``). Finished jobs are pruned: the last
+``--keep-jobs`` of them are kept, none longer than ``--keep-jobs-for`` seconds; a pruned job's
+id answers 404 and its files are deleted.
+
 Every POST /jobs body is checked against its kind's fields (``check_job``) before it is queued: a
 malformed one gets a 400 naming the field. A job that fails with a ``UserError`` fails alone; so
 does one with an internal error on one process. With several processes an internal error stops
@@ -43,6 +51,7 @@ client can name the rank and the cause.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -59,13 +68,17 @@ import torch.distributed as dist
 
 from .. import settings
 from ..engine.config import FlashGRPOConfig
-from ..engine.distributed import init_distributed
+from ..engine.distributed import broadcast_bytes, init_distributed
 from ..errors import UserError
 from ..fileio import atomic_write_bytes
 from .runner import LocalRunner, RunCancelled
-from .wire import decode_array, encode_array
+from .wire import PROBE_FILE, BlobStore, decode_array, encode_array, is_file_ref
 
 HEARTBEAT_S = 5.0
+KEEP_JOBS = 16
+"""Finished jobs kept (their results and video files); older ones are pruned."""
+KEEP_JOBS_FOR_S = 3600.0
+"""Seconds a finished job is kept at most."""
 SHUTDOWN_GRACE_S = 10.0
 """Idle seconds before a backend with the ``shutdown`` after-job policy exits after a job."""
 
@@ -82,16 +95,8 @@ class Control:
     def broadcast(self, message: dict | None) -> dict:
         if not self.enabled:
             return message
-        if self.rank == 0:
-            data = torch.frombuffer(bytearray(json.dumps(message).encode()), dtype=torch.uint8)
-            size = torch.tensor([data.numel()], dtype=torch.long)
-        else:
-            size = torch.zeros(1, dtype=torch.long)
-        dist.broadcast(size, 0, group=self.group)
-        if self.rank != 0:
-            data = torch.empty(int(size), dtype=torch.uint8)
-        dist.broadcast(data, 0, group=self.group)
-        return json.loads(bytes(data.tolist()).decode()) if self.rank != 0 else message
+        data = broadcast_bytes(json.dumps(message).encode() if self.rank == 0 else None, self.group)
+        return json.loads(data.decode()) if self.rank != 0 else message
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's flag, on every rank."""
@@ -113,6 +118,7 @@ class Job:
         self.result = None
         self.error = None
         self.cancel = False
+        self.finished_at: float | None = None
         self.cond = threading.Condition()
 
     def add_event(self, event: dict) -> None:
@@ -123,7 +129,13 @@ class Job:
     def finish(self, state: str, result=None, error=None) -> None:
         with self.cond:
             self.state, self.result, self.error = state, result, error
+            self.finished_at = time.time()
             self.cond.notify_all()
+
+    def files(self) -> list[str]:
+        """The video files of this job: its input (score) and its result (sample)."""
+        refs = [self.payload.get("videos"), (self.result or {}).get("videos")]
+        return [ref["file"] for ref in refs if is_file_ref(ref)]
 
     def view(self) -> dict:
         return {"job_id": self.id, "kind": self.kind, "state": self.state, "result": self.result,
@@ -133,10 +145,11 @@ class Job:
 JOB_KINDS = ("train", "sample", "score")
 JOB_FIELDS = {  # field -> required, per job kind
     "train": {"config": True, "resume": False},
-    "sample": {"config": True, "prompts": True, "iteration": False},
+    "sample": {"config": True, "prompts": True, "iteration": False, "transport": False},
     "score": {"rewards": True, "videos": True, "prompts": True, "group_size": True, "std_mode": False, "clip": False},
 }
 STD_MODES = ("group", "global")
+TRANSPORTS = ("file", "inline")
 
 
 class BadRequest(UserError):
@@ -147,10 +160,11 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_job(body) -> tuple[str, dict]:
+def check_job(body, blobs: BlobStore | None = None) -> tuple[str, dict]:
     """``(kind, payload)`` of a POST /jobs body, checked against its kind's fields before it is
     queued; ``BadRequest`` names the first wrong field. Checks what can be checked without the
-    model: field types, the config (``FlashGRPOConfig.from_dict``), the video array's size."""
+    model: field types, the config (``FlashGRPOConfig.from_dict``), the videos' file (its name, in
+    ``blobs``, and header) or inline array (its size)."""
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object with a 'kind' field, not a JSON {type(body).__name__}")
     body = dict(body)
@@ -175,6 +189,8 @@ def check_job(body) -> tuple[str, dict]:
         raise BadRequest(f"resume: must be true or false, not {body['resume']!r}")
     if "iteration" in body and not (_is_int(body["iteration"]) and body["iteration"] >= 0):
         raise BadRequest(f"iteration: must be an integer >= 0, not {body['iteration']!r}")
+    if body.get("transport", "file") not in TRANSPORTS:
+        raise BadRequest(f"transport: must be one of {', '.join(TRANSPORTS)}, not {body['transport']!r}")
     prompts = body.get("prompts", [""])
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise BadRequest("prompts: must be a non-empty list of strings")
@@ -183,11 +199,16 @@ def check_job(body) -> tuple[str, dict]:
         if not isinstance(rewards, list) or not rewards or not all(isinstance(r, (str, dict)) for r in rewards):
             raise BadRequest('rewards: must be a non-empty list of reward names or {"name": ...} objects')
         try:
-            videos = decode_array(body["videos"])
+            if is_file_ref(body["videos"]):
+                if blobs is None:
+                    raise UserError("this backend takes no video files")
+                videos = blobs.open(body["videos"])
+            else:
+                videos = decode_array(body["videos"])
         except UserError as e:
-            raise BadRequest(f"videos: {e} (expected "
-                             '{"shape": [N, T, H, W, 3], "dtype": "uint8" or "float32", "data": base64 bytes '
-                             "of exactly that shape})") from None
+            raise BadRequest(f"videos: {e} (expected {{\"file\": name}} of a uint8 .npy file [N, T, H, W, 3] in "
+                             'the backend\'s blobs folder, or inline {"shape": [N, T, H, W, 3], "dtype": "uint8" or '
+                             '"float32", "data": base64 bytes of exactly that shape})') from None
         if videos.ndim != 5 or videos.shape[-1] != 3:
             raise BadRequest(f"videos: shape {list(videos.shape)} is not [N, T, H, W, 3]")
         n, group_size = videos.shape[0], body["group_size"]
@@ -203,16 +224,18 @@ def check_job(body) -> tuple[str, dict]:
     return kind, body
 
 
-def execute(command: dict, runner: LocalRunner, should_stop, on_event, after_job: str = "keep") -> dict | None:
+def execute(command: dict, runner: LocalRunner, should_stop, on_event, after_job: str = "keep",
+            blobs: BlobStore | None = None) -> dict | None:
     """Run one command on this rank (every rank runs it) with this rank's ``runner``, then apply the
-    ``after_job`` policy to the warm model (``LocalRunner.release``). Returns rank 0's JSON result."""
+    ``after_job`` policy to the warm model (``LocalRunner.release``). Returns rank 0's JSON result.
+    ``blobs``: rank 0's video files (None on the other ranks)."""
     try:
-        return _run_command(command, runner, should_stop, on_event)
+        return _run_command(command, runner, should_stop, on_event, blobs)
     finally:
         runner.release(after_job)
 
 
-def _run_command(command: dict, runner: LocalRunner, should_stop, on_event) -> dict | None:
+def _run_command(command: dict, runner: LocalRunner, should_stop, on_event, blobs: BlobStore | None) -> dict | None:
     op = command["op"]
     fault = settings.test_fault_prompt()
     if fault and fault in command.get("prompts", ()):
@@ -227,13 +250,24 @@ def _run_command(command: dict, runner: LocalRunner, should_stop, on_event) -> d
         return {"run_dir": str(result.run_dir), "lora_path": str(result.lora_path),
                 "iterations_done": result.iterations_done, "cancelled": result.cancelled,
                 "summary": result.summary}
-    if op == "sample":
+    if op == "sample":  # rank 0 receives every rank's uint8 videos in global order, into a file or a list
         cfg = FlashGRPOConfig.from_dict(command["config"])
-        out = runner.sample(cfg, command["prompts"], command.get("iteration", 0))
-        videos = (out.videos * 255).round().to(torch.uint8)
-        return {"videos": encode_array(videos), "steps": out.steps, "prompts": out.prompts, "seed": out.seed}
-    if op == "score":
-        out = runner.score(command["rewards"], decode_array(command["videos"]), command["prompts"],
+        shape = (len(command["prompts"]) * cfg.group_size, cfg.num_frames, cfg.height, cfg.width, 3)
+        inline = blobs is None or command.get("transport") == "inline"
+        parts: list[torch.Tensor] = []
+        with contextlib.nullcontext() if inline else blobs.writer(shape) as writer:
+            out = runner.sample_videos(cfg, command["prompts"], command.get("iteration", 0),
+                                       parts.append if inline else writer.write)
+        if blobs is None:
+            return None
+        videos = encode_array(torch.cat(parts)) if inline else writer.ref
+        return {"videos": videos, "steps": out.steps, "prompts": out.prompts, "seed": out.seed}
+    if op == "score":  # on rank 0 alone: only it reads the videos
+        if blobs is None:
+            return None
+        videos = command["videos"]
+        videos = blobs.get(videos) if is_file_ref(videos) else decode_array(videos)
+        out = runner.score(command["rewards"], videos, command["prompts"],
                            command["group_size"], command.get("std_mode", "group"), command.get("clip", 5.0))
         return {"scores": out.scores.tolist(), "advantages": out.advantages.tolist(),
                 "has_signal": out.has_signal.tolist(),
@@ -245,8 +279,17 @@ class Backend:
     """Rank 0's server state: the job queue, the worker loop and the HTTP app."""
 
     def __init__(self, state_dir: Path, control: Control, idle_timeout: float, runner: LocalRunner | None = None,
-                 after_job: str = "keep", owner_pid: int | None = None):
+                 after_job: str = "keep", owner_pid: int | None = None, keep_jobs: int = KEEP_JOBS,
+                 keep_jobs_for: float = KEEP_JOBS_FOR_S):
         self.state_dir = state_dir
+        self.blobs = BlobStore(state_dir / "blobs")
+        self.blobs.clear()  # files of an earlier backend: no job of this one names them
+        self.blob_probe = secrets.token_hex(16)
+        atomic_write_bytes(self.blobs.directory / PROBE_FILE, self.blob_probe.encode())
+        os.chmod(self.blobs.directory, 0o700)
+        self.keep_jobs, self.keep_jobs_for = keep_jobs, keep_jobs_for
+        self.pruned: dict[str, None] = {}  # ids of pruned jobs (the latest 10,000), for a clear 404
+        self.jobs_lock = threading.Lock()
         self.after_job = after_job
         self.owner_pid = owner_pid  # the client that started this backend: when it is gone, so is the backend
         self.control = control
@@ -266,6 +309,7 @@ class Backend:
             try:
                 job = self.queue.get(timeout=HEARTBEAT_S)
             except queue.Empty:
+                self.prune()
                 idle = time.time() - self.last_activity > self.idle_timeout
                 if self.shutdown.is_set() or idle:
                     self.control.broadcast({"op": "shutdown"})
@@ -276,15 +320,17 @@ class Backend:
             if self.shutdown.is_set():  # stopping: the queued jobs do not start
                 job.finish("failed", error={"rank": 0, "type": "Shutdown", "user_error": True, "message":
                                             "the backend shut down before this job started; submit it again"})
+                self._delete_spent_files(job)
                 continue
             self.current = job
             job.state = "running"
             self.jobs_run[job.kind] += 1
             command = {"op": job.kind, **job.payload}
-            self.control.broadcast(command)
+            # the other ranks need no videos (a score job runs on rank 0)
+            self.control.broadcast({k: v for k, v in command.items() if k != "videos"})
             try:
                 result = execute(command, self.runner, lambda job=job: self.control.agree(job.cancel), job.add_event,
-                                 self.after_job)
+                                 self.after_job, self.blobs)
                 cancelled = bool(result and result.get("cancelled"))
                 job.finish("cancelled" if cancelled else "done", result=result)
             except UserError as e:
@@ -304,16 +350,45 @@ class Backend:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
             finally:
+                self._delete_spent_files(job)
                 self.current = None
                 self.last_activity = time.time()
+                self.prune()
                 if self.after_job == "shutdown":  # exit once the client has read the result
                     self.idle_timeout = min(self.idle_timeout, SHUTDOWN_GRACE_S)
+
+    def _delete_spent_files(self, job: Job) -> None:
+        """A job's input videos are read once: delete them when it has ended; so too the videos of
+        a sample job whose client stopped waiting (it cancelled the job): nobody will read them."""
+        videos = job.payload.get("videos")
+        names = job.files() if job.cancel else [videos["file"]] if is_file_ref(videos) else []
+        for name in names:
+            self.blobs.delete(name)
+
+    def prune(self) -> None:
+        """Forget the finished jobs beyond the latest ``keep_jobs`` and those finished more than
+        ``keep_jobs_for`` seconds ago; delete their video files."""
+        now = time.time()
+        with self.jobs_lock:
+            finished = sorted((j for j in self.jobs.values() if j.finished_at is not None), key=lambda j: j.finished_at)
+            old = finished[:max(len(finished) - self.keep_jobs, 0)]
+            old += [j for j in finished[len(old):] if now - j.finished_at > self.keep_jobs_for]
+            for job in old:
+                del self.jobs[job.id]
+                self.pruned[job.id] = None
+            while len(self.pruned) > 10_000:
+                del self.pruned[next(iter(self.pruned))]
+        for job in old:
+            for name in job.files():
+                self.blobs.delete(name)
 
     def stop(self, why: str) -> None:
         """Stop: cancel every job (a running training run ends with a checkpoint), then exit."""
         print(f"flash-grpo backend stopping: {why}", flush=True)
         self.shutdown.set()
-        for job in list(self.jobs.values()):
+        with self.jobs_lock:
+            jobs = list(self.jobs.values())
+        for job in jobs:
             job.cancel = True
 
     def watch_owner(self) -> None:
@@ -341,6 +416,7 @@ class Backend:
                 "model_loads": self.runner.model_loads, "jobs_run": dict(self.jobs_run), "pid": os.getpid(),
                 "after_job": self.after_job,
                 "job": self.current.view() if self.current else None, "stopping": self.shutdown.is_set(),
+                "blobs": {"dir": str(self.blobs.directory.absolute()), "probe": self.blob_probe},
             })
 
         async def submit(request):
@@ -349,18 +425,24 @@ class Backend:
             except ValueError:  # not JSON, or not UTF-8
                 return web.json_response({"error": "the body is not JSON"}, status=400)
             try:
-                kind, payload = check_job(body)
+                kind, payload = check_job(body, self.blobs)
             except BadRequest as e:
                 return web.json_response({"error": str(e)}, status=400)
             job = Job(kind, payload)
-            self.jobs[job.id] = job
+            with self.jobs_lock:
+                self.jobs[job.id] = job
             self.queue.put(job)
             return web.json_response({"job_id": job.id})
 
         def find(request):
-            job = self.jobs.get(request.match_info["job_id"])
+            job_id = request.match_info["job_id"]
+            job = self.jobs.get(job_id)
             if job is None:
-                raise web.HTTPNotFound(text=json.dumps({"error": "no such job"}), content_type="application/json")
+                error = (f"job {job_id} has finished and was pruned: this backend keeps its last {self.keep_jobs} "
+                         f"finished jobs for at most {self.keep_jobs_for:g} s, so its result and videos are gone; "
+                         "submit the job again" if job_id in self.pruned else
+                         f"no job {job_id} on this backend (a restarted backend knows none of the earlier one's jobs)")
+                raise web.HTTPNotFound(text=json.dumps({"error": error}), content_type="application/json")
             return job
 
         async def status(request):
@@ -462,9 +544,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"on the GPU, or shut down once idle (default: {settings.AFTER_JOB_ENV} or offload)")
     ap.add_argument("--owner-pid", type=int, default=None,
                     help="exit (after cancelling its jobs) once this process, the client that started it, has exited")
+    ap.add_argument("--keep-jobs", type=int, default=KEEP_JOBS,
+                    help="finished jobs kept with their results and video files (older ones are pruned)")
+    ap.add_argument("--keep-jobs-for", type=float, default=KEEP_JOBS_FOR_S,
+                    help="seconds a finished job is kept at most")
     ap.add_argument("--allow-remote", action="store_true",
                     help="allow a non-loopback --host (multi-node setups behind your own network controls)")
     args = ap.parse_args(argv)
+    if args.keep_jobs < 1 or not args.keep_jobs_for > 0:
+        print("error: --keep-jobs must be >= 1 and --keep-jobs-for > 0 (a client reads a result after the job ended)",
+              file=sys.stderr)
+        return 2
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         print(f"error: --host {args.host} is not loopback; add --allow-remote to listen there anyway", file=sys.stderr)
         return 2
@@ -482,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = LocalRunner()  # this rank's warm model
     try:
         if rank == 0:
-            backend = Backend(state_dir, control, args.idle_timeout, runner, after_job, owner_pid=args.owner_pid)
+            backend = Backend(state_dir, control, args.idle_timeout, runner, after_job, owner_pid=args.owner_pid,
+                              keep_jobs=args.keep_jobs, keep_jobs_for=args.keep_jobs_for)
             if args.owner_pid is not None:
                 threading.Thread(target=backend.watch_owner, daemon=True).start()
             worker_error = []

@@ -14,6 +14,10 @@
 The state dir is ``FLASH_GRPO_STATE_DIR`` or ``~/.cache/flash_grpo/backend``. ``run_job`` follows a
 job's events; when the backend dies it raises ``BackendError`` naming the rank and the cause
 (from the rank's error file or torchrun's log).
+
+Videos go to and come from the backend as files in its ``blobs`` folder when this process can
+read that folder (``blob_store``: the probe file there holds the text ``/health`` reports), else
+inline in the JSON (``trainer.service.wire``).
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from .. import settings
 from ..errors import UserError
+from .wire import PROBE_FILE, BlobStore, decode_array, encode_array, is_file_ref
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding trainer/
 
@@ -59,6 +66,47 @@ class BackendClient:
         self.token = token
         self.process = process  # set when this client started the backend
         self.directory = directory
+        self._blobs: BlobStore | None | bool = False  # False: not checked yet
+
+    def blob_store(self) -> BlobStore | None:
+        """The backend's folder of video files when this process shares it (checked once, with
+        the probe file the backend wrote there), else None: videos then travel inline."""
+        if self._blobs is False:
+            info = self.health().get("blobs") or {}
+            store = BlobStore(info.get("dir", ""))
+            try:
+                shared = bool(info) and (store.directory / PROBE_FILE).read_text() == info.get("probe")
+            except OSError:
+                shared = False
+            self._blobs = store if shared else None
+        return self._blobs
+
+    def transport(self) -> str:
+        """How a sample job returns its videos to this client: ``file`` or ``inline``."""
+        return "file" if self.blob_store() is not None else "inline"
+
+    def put_videos(self, videos: torch.Tensor) -> dict:
+        """uint8 videos as a score job's ``videos`` field: a new file in the backend's folder (the
+        backend deletes it once the job has ended), or inline."""
+        store = self.blob_store()
+        return store.put(videos) if store is not None else encode_array(videos)
+
+    def take_videos(self, ref: dict) -> torch.Tensor:
+        """The uint8 videos of a sample job's result; a file is deleted once read."""
+        if not is_file_ref(ref):
+            return decode_array(ref)
+        store = self.blob_store()
+        if store is None:
+            raise BackendError("the backend returned its videos as a file in its folder, which this process cannot "
+                               "read; ask for them inline (\"transport\": \"inline\").")
+        videos = store.get(ref)
+        store.delete(ref["file"])
+        return videos
+
+    def discard_videos(self, ref: dict) -> None:
+        """Delete the file of ``put_videos`` (nothing for inline videos)."""
+        if is_file_ref(ref) and self.blob_store() is not None:
+            self.blob_store().delete(ref["file"])
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 60.0) -> dict:
         data = json.dumps(body).encode() if body is not None else None

@@ -27,12 +27,12 @@ import torch
 
 from ..algo.grpo import group_advantages
 from ..engine.config import FlashGRPOConfig
+from ..engine.distributed import Dist
 from ..engine.models import load_pipeline
-from ..engine.recipe import FlashGRPORecipe, RunResult, resolve_device_and_dtype
+from ..engine.recipe import FlashGRPORecipe, RunResult, pipeline_parts, resolve_device_and_dtype
 from ..errors import UserError
 from ..rewards import as_uint8, build_reward_set
 from . import client as client_lib
-from .wire import decode_array, encode_array
 
 JobAbandoned = client_lib.JobAbandoned
 
@@ -53,10 +53,11 @@ class RunCancelled(UserError):
 
 @dataclass
 class SampleResult:
-    """A sampled prompt group: ``videos`` float ``[P*G, T, H, W, 3]`` in 0..1 (prompt-major),
-    ``steps`` (the SDE step ``k`` of each prompt's group, or None), ``prompts`` (one per video)."""
+    """A sampled prompt group: ``videos`` float ``[P*G, T, H, W, 3]`` in 0..1 (prompt-major; None
+    where they went elsewhere: ``LocalRunner.sample_videos``), ``steps`` (the SDE step ``k`` of each
+    prompt's group, or None), ``prompts`` (one per video)."""
 
-    videos: torch.Tensor
+    videos: torch.Tensor | None
     steps: list[int] | None
     prompts: list[str]
     seed: int
@@ -116,14 +117,20 @@ class LocalRunner:
 
     def warm_pipeline(self, cfg: FlashGRPOConfig):
         """The pipeline for ``cfg``'s model, loaded once and kept. The engine takes its sigma grid
-        from ``cfg.shift``, so one loaded pipeline serves any shift."""
+        from ``cfg.shift``, so one loaded pipeline serves any shift. On several processes this
+        rank loads what ``pipeline_parts`` says it needs."""
         _, dtype = resolve_device_and_dtype(cfg)
-        key = (cfg.model, str(dtype), cfg.seed if cfg.model == "tiny" else None)
+        parts = pipeline_parts(cfg, Dist())
+        key = (cfg.model, str(dtype), cfg.seed if cfg.model == "tiny" else None, tuple(sorted(parts.items())))
         if key not in self._pipelines:
             self._pipelines.clear()  # keep one model in memory
-            self._pipelines[key] = load_pipeline(cfg.model, shift=cfg.shift, dtype=dtype, seed=cfg.seed)
+            self._pipelines[key] = load_pipeline(cfg.model, shift=cfg.shift, dtype=dtype, seed=cfg.seed, **parts)
             self.model_loads += 1
         return self._pipelines[key]
+
+    def _after_run(self, recipe: FlashGRPORecipe) -> None:
+        if not recipe.reusable_model:  # sharded in place (FSDP) or compiled: the next job loads afresh
+            self.drop_warm_pipeline()
 
     def drop_warm_pipeline(self) -> None:
         self._pipelines.clear()
@@ -145,26 +152,42 @@ class LocalRunner:
 
     def train(self, cfg, resume=False, should_stop=lambda: False, on_event=lambda e: None) -> RunResult:
         run_dir = Path(cfg.output_dir) / cfg.run_name if cfg.run_name else None
-        recipe = FlashGRPORecipe(cfg, run_dir=run_dir, resume=resume, pipeline=self.warm_pipeline(cfg)).setup()
+        recipe = FlashGRPORecipe(cfg, run_dir=run_dir, resume=resume, pipeline=self.warm_pipeline(cfg))
         try:
-            result = recipe.train(should_stop=should_stop, on_event=on_event)
+            result = recipe.setup().train(should_stop=should_stop, on_event=on_event)
         finally:
-            if recipe.dist.enabled and cfg.parallel == "fsdp":
-                self.drop_warm_pipeline()  # FSDP sharded the module in place
+            self._after_run(recipe)
         if result.cancelled:
             raise RunCancelled(result)
         return result
 
     def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False) -> SampleResult:
+        parts: list[torch.Tensor] = []
+        out = self.sample_videos(cfg, prompts, iteration, parts.append)
+        out.videos = torch.cat(parts).float() / 255.0 if parts else None
+        return out
+
+    def sample_videos(self, cfg: FlashGRPOConfig, prompts: list[str], iteration: int,
+                      consume: Callable[[torch.Tensor], None]) -> SampleResult:
+        """``sample`` with the videos as uint8 ``[n, T, H, W, 3]`` chunks passed to ``consume`` in
+        global sample order, on rank 0 only (the result's ``videos`` is None). Each process decodes
+        its own groups (rank order is prompt order); rank 0 hands its own on chunk by chunk as it
+        decodes them, then every other rank's share as it arrives (``Dist.gather_to_main``)."""
         prompts = list(prompts)
         cfg = FlashGRPOConfig.from_dict({**cfg.to_dict(), "prompts": prompts, "prompt_file": "",
                                          "eval_prompts": 0, "prompts_per_iteration": len(prompts)})
-        recipe = FlashGRPORecipe(cfg, pipeline=self.warm_pipeline(cfg)).setup(training=False)
-        batch = recipe.rollout_phase(iteration, prompts_global=prompts)
-        videos = recipe.decode(batch.result.latents)  # uint8
-        # each process decoded its own groups; rank order is prompt order
-        videos = recipe.dist.all_gather_cat((videos.float() / 255.0).to(recipe.device)).cpu()
-        return SampleResult(videos=videos, steps=batch.plan.group_steps,
+        recipe = FlashGRPORecipe(cfg, pipeline=self.warm_pipeline(cfg))
+        try:
+            batch = recipe.setup(training=False).rollout_phase(iteration, prompts_global=prompts)
+            if recipe.dist.is_main:
+                for chunk in recipe.decode_chunks(batch.result.latents):
+                    consume(chunk)
+                recipe.dist.gather_to_main(None, consume)
+            else:
+                recipe.dist.gather_to_main(recipe.decode(batch.result.latents), consume)
+        finally:
+            self._after_run(recipe)
+        return SampleResult(videos=None, steps=batch.plan.group_steps,
                             prompts=[p for p in prompts for _ in range(cfg.group_size)], seed=cfg.seed)
 
     def score(self, reward_specs, videos, prompts, group_size, std_mode="group", clip=5.0,
@@ -219,16 +242,23 @@ class BackendRunner:
         return result
 
     def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False) -> SampleResult:
-        out = self.connection().run_job("sample", {"config": cfg.with_absolute_paths().to_dict(), "prompts": list(prompts),
-                                                   "iteration": int(iteration)}, should_stop=should_stop)
-        videos = decode_array(out["videos"]).float() / 255.0  # travels as uint8
+        client = self.connection()
+        out = client.run_job("sample", {"config": cfg.with_absolute_paths().to_dict(), "prompts": list(prompts),
+                                        "iteration": int(iteration), "transport": client.transport()},
+                             should_stop=should_stop)
+        videos = client.take_videos(out["videos"]).float() / 255.0  # travels as uint8
         return SampleResult(videos=videos, steps=out["steps"], prompts=out["prompts"], seed=out["seed"])
 
     def score(self, reward_specs, videos, prompts, group_size, std_mode="group", clip=5.0,
               should_stop=lambda: False) -> ScoreResult:
-        out = self.connection().run_job("score", {
-            "rewards": reward_specs, "videos": encode_array(as_uint8(videos)), "prompts": list(prompts),
-            "group_size": group_size, "std_mode": std_mode, "clip": clip}, should_stop=should_stop)
+        client = self.connection()
+        ref = client.put_videos(as_uint8(videos))
+        try:
+            out = client.run_job("score", {
+                "rewards": reward_specs, "videos": ref, "prompts": list(prompts),
+                "group_size": group_size, "std_mode": std_mode, "clip": clip}, should_stop=should_stop)
+        finally:
+            client.discard_videos(ref)  # the backend deletes it after the job; this covers a refused one
         return ScoreResult(scores=torch.tensor(out["scores"]), advantages=torch.tensor(out["advantages"]),
                            has_signal=torch.tensor(out["has_signal"]),
                            details={k: torch.tensor(v) for k, v in out["details"].items()})
