@@ -61,7 +61,7 @@ def test_training_encodes_prompts_like_the_engine():
     """The script trains on the pipeline's own prompt encoding, which the recipe also uses."""
     pipe = toy_model.build_untrained(0, TOY_MODEL_DIR / "vae")
     pipe.text_encoder.eval()  # no dropout: compare the encodings themselves
-    prompts = ["a small red circle on the left moves upward slowly on a black background", ""]
+    prompts = ["a small red bar on the left moves upward slowly on a black background", ""]
     with torch.no_grad():
         ours = pipe._get_t5_prompt_embeds(prompts, max_sequence_length=toy_model.MAX_SEQUENCE_LENGTH,
                                           device=torch.device("cpu"))

@@ -33,7 +33,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 TOY_MODEL_DIR = PACKAGE_DIR / "assets" / "toy_wan"
 """A diffusers Wan folder trained on the toy world by ``python -m trainer.toy.model``; it follows
-captions such as "a small red circle on the left moves up slowly on a black background"."""
+captions such as "a small red bar on the left moves up slowly on a black background"."""
 
 
 def resolve_model(model: str) -> str:

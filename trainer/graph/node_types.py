@@ -136,7 +136,7 @@ class FlashGRPOModelSource:
         return {"required": {
             "model": ("STRING", {"default": TINY_MODEL, "tooltip":
                 "'tiny' for the built-in test model, 'toy' for the shipped pretrained toy model "
-                "(it follows captions like 'a small red circle on the left moves up slowly on a "
+                "(it follows captions like 'a small red bar on the left moves up slowly on a "
                 "black background'), or the path of a local diffusers Wan2.1 T2V "
                 "folder (e.g. Wan2.1-T2V-1.3B-Diffusers; a relative path is relative to ComfyUI's working "
                 "folder, and sent to the backend as an absolute one). Headless, --model or FLASH_GRPO_MODEL override it."}),

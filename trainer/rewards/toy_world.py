@@ -26,7 +26,7 @@ from ..toy import world as toy_world
 from .base import Reward, RewardOutput, register_reward
 
 _EXAMPLE = toy_world.caption({
-    "size": "small", "colour": "red", "shape": "circle", "position": "left", "direction": "up",
+    "size": "small", "colour": "red", "shape": "bar", "position": "left", "direction": "up",
     "speed": "slow", "background": "black",
 })
 

@@ -21,7 +21,11 @@ folder (``model_index.json``, ``transformer/``, ``text_encoder/``, ``tokenizer/`
    pipeline's own ``_get_t5_prompt_embeds`` (cut at the prompt's length, zero-padded), exactly as
    ``trainer.engine.recipe`` encodes them, with gradients. 10 % of captions are dropped to ``""`` so
    classifier-free guidance has an unconditional model. AdamW, warm-up then cosine decay, EMA of
-   the weights (the EMA is what ships).
+   the weights (the EMA is what ships). The squared error is weighted ``1 + fg_weight`` on the
+   latent cells of the object (``foreground_mask``) and 1 elsewhere: the object covers 2-12 % of
+   a clip, so with a plain mean the loss is mostly background, and the model learned colours and
+   layout but not motion (direction at chance after 4000 steps; measured in a world where only
+   direction and speed varied: chance after 800 steps unweighted, 1.00 after 1200 with weight 10).
 5. **Report**: caption-following rates per attribute: deterministic ODE samples of held-out
    captions (the engine's own sampler, ``FlashGRPORecipe.sample``) read by
    ``trainer.toy.world.read_attributes``, against chance ``1 / choices``; written to
@@ -128,13 +132,31 @@ def encode_clips(vae, n: int, seed: int, batch_size: int = 32):
     return torch.cat(latents), captions
 
 
+FOREGROUND_THRESHOLD = 0.5
+"""A latent cell is the object's when its normalised latent lies this far (L2 over channels) from
+the clip's background latent."""
+
+
+def foreground_mask(x0: torch.Tensor) -> torch.Tensor:
+    """``[n, 1, f, h, w]`` 1.0 where normalised latents ``x0 [n, c, f, h, w]`` show the object: farther
+    than ``FOREGROUND_THRESHOLD`` from the background latent (per clip and latent frame, the median
+    of the border cells; a toy-world background is one colour)."""
+    border = torch.cat([x0[..., 0, :], x0[..., -1, :], x0[..., 1:-1, 0], x0[..., 1:-1, -1]], dim=-1)
+    background = border.median(dim=-1).values[..., None, None]
+    return ((x0 - background).norm(dim=1, keepdim=True) > FOREGROUND_THRESHOLD).float()
+
+
 def train(pipe, latents: torch.Tensor, captions: list[str], steps: int, batch_size: int = 64,
           lr: float = 2e-3, shift: float = 3.0, drop: float = 0.1, ema_decay: float = 0.995,
-          seed: int = 0, log_every: int = 100, on_eval=None, eval_every: int = 0) -> dict:
+          fg_weight: float = 10.0, seed: int = 0, log_every: int = 100, on_eval=None,
+          eval_every: int = 0) -> dict:
     """Flow-matching training of ``pipe.transformer`` and ``pipe.text_encoder`` in place.
 
     Returns the EMA state dicts ``{"transformer": ..., "text_encoder": ...}`` (not yet loaded).
-    ``on_eval(step, ema)`` is called every ``eval_every`` steps (0 = never).
+    The squared error is weighted ``1 + fg_weight`` on the object's latent cells
+    (``foreground_mask``), normalised by the mean weight. ``on_eval(step, ema)`` is called every
+    ``eval_every`` steps (0 = never) with the global RNG state saved and restored around it, so
+    evaluating does not change what is trained.
     """
     g = torch.Generator().manual_seed(seed)
     modules = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
@@ -157,7 +179,8 @@ def train(pipe, latents: torch.Tensor, captions: list[str], steps: int, batch_si
         xt = (1 - s) * x0 + s * noise
         emb = pipe._get_t5_prompt_embeds(prompts, max_sequence_length=MAX_SEQUENCE_LENGTH, device=torch.device("cpu"))
         pred = pipe.transformer(xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
-        loss = (pred - (noise - x0)).square().mean()
+        weight = 1.0 + fg_weight * foreground_mask(x0)
+        loss = ((pred - (noise - x0)).square() * weight).mean() / weight.mean()
         scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr * max(scale, 0.02)
@@ -174,7 +197,8 @@ def train(pipe, latents: torch.Tensor, captions: list[str], steps: int, batch_si
         if log_every and (step % log_every == 0 or step == steps - 1):
             log.info("step %d/%d  loss %.4f  %.0fs", step + 1, steps, running, time.perf_counter() - start)
         if on_eval is not None and eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
-            on_eval(step + 1, ema)
+            with torch.random.fork_rng(devices=[]):  # the text encoder's dropout draws from it
+                on_eval(step + 1, ema)
     for m in modules.values():
         m.eval()
     return ema
@@ -235,11 +259,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output diffusers folder")
     parser.add_argument("--clips", type=int, default=4096, help="captioned training clips")
-    parser.add_argument("--steps", type=int, default=4000, help="optimiser steps")
+    parser.add_argument("--steps", type=int, default=6000, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--fg-weight", type=float, default=10.0,
+                        help="extra loss weight on the object's latent cells (foreground_mask)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for determinism)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed for determinism)")
     parser.add_argument("--vae", type=Path, default=None, help="reuse this trained toy VAE folder instead of training one")
     parser.add_argument("--vae-steps", type=int, default=300, help="fine-tuning steps of the toy VAE")
     parser.add_argument("--report-samples", type=int, default=96, help="held-out captions for the caption-following report")
@@ -277,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("step %d caption following: %s", step, _format_rates(report))
 
     ema = train(pipe, latents, captions, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                on_eval=evaluate, eval_every=args.eval_every)
+                fg_weight=args.fg_weight, on_eval=evaluate, eval_every=args.eval_every)
     pipe.transformer.load_state_dict(ema["transformer"])
     pipe.text_encoder.load_state_dict(ema["text_encoder"])
     train_seconds = time.perf_counter() - start
@@ -287,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     report = caption_following(str(tmp), n=args.report_samples)
     report.update(train_seconds=round(train_seconds), clips=args.clips, train_steps=args.steps, seed=args.seed,
-                  batch_size=args.batch_size, lr=args.lr, threads=args.threads, vae_steps=args.vae_steps)
+                  batch_size=args.batch_size, lr=args.lr, fg_weight=args.fg_weight, threads=args.threads,
+                  vae_steps=args.vae_steps)
     (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.replace(args.out)

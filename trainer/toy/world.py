@@ -3,15 +3,15 @@
 One object moves in a straight line over a plain background. A caption states seven attributes,
 each drawn uniformly from a small vocabulary (chance level = 1 / number of choices)::
 
-    "a small red circle on the left moves upward slowly on a black background"
+    "a small red bar on the left moves upward slowly on a black background"
        size  colour shape position  direction  speed          background
 
 =============  ==========================================  ==================================
 attribute      choices                                     how it is drawn (fractions of W/H)
 =============  ==========================================  ==================================
 colour         red green blue yellow purple cyan           saturated RGB, +-0.1 jitter
-shape          square circle                               hard-edged
-size           small large                                 half-size 0.12 / 0.22 of the side
+shape          square bar                                  hard-edged; a bar is half as tall
+size           small large                                 half-width 0.12 / 0.22 of the side
 position       left center right                           mean x over the clip 0.25/0.5/0.75
 direction      left right up down ("moves leftward", ...)  constant velocity
 speed          slow fast                                   0.024 / 0.06 of the side per frame
@@ -19,7 +19,11 @@ background     black gray white                            uniform colour
 =============  ==========================================  ==================================
 
 Jitter: mean x +-0.04, mean y 0.5 +-0.08, size and speed +-10 %. A fast object travels 0.48 of
-the frame over 9 frames, so it may leave the frame in part. Position and direction use different
+the frame over 9 frames, so it may leave the frame in part. A bar is as wide as a square of its
+size and half as tall: the two shapes differ in their proportions, which blur, the VAE's 4x4 pixel
+cells and a model that rounds its corners all keep (a disc and a square differ in a few corner
+pixels: the toy model, which works on 16x16-pixel tokens, drew its squares as round blobs that read
+as discs). Position and direction use different
 words ("on the left" / "moves leftward"): with the same word for both, a small text encoder has
 to learn to tell them apart by context, and the toy model learned neither (measured).
 ``generate`` is deterministic for a seed (a private ``torch.Generator``) and returns videos in the
@@ -28,7 +32,7 @@ VAE layout ``[n, 3, frames, H, W]`` in -1..1, the attributes and the captions.
 ``measure`` is the inverse: from pixels only (float ``[N, T, H, W, 3]`` in 0..1, the reward
 layout) it estimates the background colour (median of the border), the object's colour, and from
 each pixel's *coverage* (how far its colour lies from the background towards the object's) the
-area, the fill of the object's extent (1 square, pi/4 disc), its mean position and its velocity
+area, the width and height of the box it spans, its aspect (height / width: 1 square, 1/2 bar), its mean position and its velocity
 (the edges' least-squares slope over frames). Coverage sums survive blur and the VAE's averaging,
 so the readings hold on decoded videos too. From these ``attribute_probs`` gives, per attribute, a
 soft classification over the choices (a softmax of squared distances to each choice's prototype
@@ -55,9 +59,9 @@ COLOURS = {
 """Object colours, RGB in 0..1."""
 BACKGROUNDS = {"black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0)}
 """Background colours, RGB in 0..1."""
-SHAPES = ("square", "circle")
+SHAPES = ("square", "bar")
 SIZES = {"small": 0.12, "large": 0.22}
-"""Half-size (square) or radius (circle) as a fraction of the shorter side."""
+"""Half the object's width (both shapes) as a fraction of the shorter side; a bar is half as tall as wide."""
 POSITIONS = {"left": 0.25, "center": 0.5, "right": 0.75}
 """Mean x of the object's centre over the clip, as a fraction of the width."""
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
@@ -89,7 +93,7 @@ def caption(attrs: dict[str, str]) -> str:
 
 _PATTERNS = {
     "colour": r"\b(red|green|blue|yellow|purple|cyan)\b",
-    "shape": r"\b(square|circle)\b",
+    "shape": r"\b(square|bar)\b",
     "size": r"\b(small|large)\b",
     "position": r"\b(?:on|in) the (left|center|right)\b",
     "direction": r"\bmov\w* (left|right|up|down)(?:wards?)?\b",
@@ -130,7 +134,7 @@ def render(attrs: list[dict[str, str]], frames: int = 9, height: int = 64, width
     mean_y = (0.5 + jitter(0.08)) * height
     speed = torch.tensor([SPEEDS[a["speed"]] for a in attrs]) * (1 + jitter(0.1)) * side
     direction = torch.tensor([DIRECTIONS[a["direction"]] for a in attrs])
-    is_circle = torch.tensor([a["shape"] == "circle" for a in attrs])
+    is_bar = torch.tensor([a["shape"] == "bar" for a in attrs])
 
     t = torch.arange(frames, dtype=torch.float32) - (frames - 1) / 2  # centred: mean position = mean_x
     cx = mean_x[:, None] + (speed * direction[:, 0])[:, None] * t  # [n, frames]
@@ -141,8 +145,8 @@ def render(attrs: list[dict[str, str]], frames: int = 9, height: int = 64, width
     dy = ys.view(1, 1, height, 1) - cy.view(n, frames, 1, 1)
     r = half.view(n, 1, 1, 1)
     square = (dx.abs() <= r) & (dy.abs() <= r)
-    circle = dx.square() + dy.square() <= r.square()
-    mask = torch.where(is_circle.view(n, 1, 1, 1), circle, square)  # [n, frames, H, W]
+    bar = (dx.abs() <= r) & (dy.abs() <= r / 2)
+    mask = torch.where(is_bar.view(n, 1, 1, 1), bar, square)  # [n, frames, H, W]
     video = background.view(n, 3, 1, 1, 1).expand(n, 3, frames, height, width)
     return torch.where(mask.unsqueeze(1), colour.view(n, 3, 1, 1, 1), video).contiguous()
 
@@ -150,7 +154,7 @@ def render(attrs: list[dict[str, str]], frames: int = 9, height: int = 64, width
 def captions(n: int, seed: int = 0, **fixed: str) -> list[str]:
     """``n`` random captions (the prompt sets of the toy presets, the demo and the benchmark).
 
-    ``fixed``: attributes every caption asks for, e.g. ``captions(16, shape="circle")``."""
+    ``fixed``: attributes every caption asks for, e.g. ``captions(16, shape="bar")``."""
     for attr, choice in fixed.items():
         if choice not in CHOICES.get(attr, ()):
             raise ValueError(f"{attr}={choice!r}: not a toy-world choice ({CHOICES.get(attr)})")
@@ -180,7 +184,8 @@ class Measurement:
     background: torch.Tensor  # [N, 3] RGB 0..1
     colour: torch.Tensor  # [N, 3] RGB 0..1 of the object's core
     area: torch.Tensor  # [N] mean object area per frame, fraction of the frame
-    fill: torch.Tensor  # [N] mean of area / bounding-box area (square 1, circle pi/4)
+    width: torch.Tensor  # [N] mean width of the object per frame, fraction of the side
+    aspect: torch.Tensor  # [N] mean height / width per frame (square 1, bar 1/2)
     x: torch.Tensor  # [N] mean centre x, fraction of the width
     velocity: torch.Tensor  # [N, 2] centre motion per frame (x right, y down), fraction of the side
     found: torch.Tensor  # [N] bool
@@ -207,9 +212,10 @@ def measure(videos: torch.Tensor) -> Measurement:
     * coverage ``c`` of every pixel: its colour projected on the segment background -> object
       colour, clamped to 0..1 (1 inside the object, the covered fraction on a blurred or blocky
       edge). Blur and the VAE's averaging keep sums of ``c``, so the measures below are built from
-      them: area = ``sum c`` per frame; fill = area / (width x height) with width = the sum over
-      columns of each column's largest ``c`` (1 for a square, pi/4 for a disc, blurred or not),
-      over the frames where the object does not touch the border;
+      them: area = ``sum c`` per frame; width = the sum over columns of each column's largest
+      ``c``, height the same over rows (a blurred edge keeps the sum); aspect = height / width
+      (1 for a square, 1/2 for a bar, blurred or not); width and aspect over the frames where
+      the object does not touch the border;
     * x: the coverage-weighted mean x over the frames;
     * velocity: one least-squares slope over frames for the object's edges (the columns / rows
       where ``c`` crosses 1/2), leaving out edges on the frame border, so an object partly out of
@@ -238,12 +244,13 @@ def measure(videos: torch.Tensor) -> Measurement:
     per_frame = cover.sum(dim=(2, 3))  # [N, T]
     area = (per_frame * w).sum(dim=1) / frames_present / (height * width)
     col_profile, row_profile = cover.amax(dim=2), cover.amax(dim=3)  # [N, T, W], [N, T, H]
-    extent = col_profile.sum(dim=-1) * row_profile.sum(dim=-1)
-    fill_frame = per_frame / extent.clamp_min(1e-6)
+    obj_width, obj_height = col_profile.sum(dim=-1), row_profile.sum(dim=-1)  # [N, T] pixels
     touches = (mask[:, :, 0].any(-1) | mask[:, :, -1].any(-1) | mask[:, :, :, 0].any(-1) | mask[:, :, :, -1].any(-1))
     inner = w * (~touches).float()
     use = torch.where(inner.sum(dim=1, keepdim=True) > 0, inner, w)
-    fill = (fill_frame * use).sum(dim=1) / use.sum(dim=1).clamp_min(1)
+    frames_used = use.sum(dim=1).clamp_min(1)
+    aspect = (obj_height / obj_width.clamp_min(1e-6) * use).sum(dim=1) / frames_used
+    size = (obj_width * use).sum(dim=1) / frames_used / side
 
     xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width
     cx = (cover.sum(dim=2) * xs).sum(dim=-1) / per_frame.clamp_min(1e-6)  # [N, T]
@@ -262,19 +269,17 @@ def measure(videos: torch.Tensor) -> Measurement:
     ey, vy_ok = edges(row_profile, height)
     vx = _edge_slope(ex, vx_ok) / side
     vy = _edge_slope(ey, vy_ok) / side
-    return Measurement(background, colour, area, fill, x, torch.stack([vx, vy], dim=1), found)
+    return Measurement(background, colour, area, size, aspect, x, torch.stack([vx, vy], dim=1), found)
 
 
 def _prototypes() -> dict[str, torch.Tensor]:
     """The feature each choice shows on an ideal clip (the columns of ``attribute_probs``)."""
-    square_area = {k: (2 * s) ** 2 for k, s in SIZES.items()}
-    circle_area = {k: math.pi * s ** 2 for k, s in SIZES.items()}
     return {
         "colour": torch.tensor([COLOURS[c] for c in CHOICES["colour"]]),
         "background": torch.tensor([BACKGROUNDS[c] for c in CHOICES["background"]]),
-        # log area; the mean of square and circle (the two differ by log(4/pi) = 0.24).
-        "size": torch.tensor([[0.5 * math.log(square_area[k] * circle_area[k])] for k in CHOICES["size"]]),
-        "shape": torch.tensor([[1.0], [math.pi / 4]]),
+        # log width, the same for both shapes of a size; log aspect (height / width).
+        "size": torch.tensor([[math.log(2 * SIZES[k])] for k in CHOICES["size"]]),
+        "shape": torch.tensor([[0.0], [math.log(0.5)]]),
         "position": torch.tensor([[POSITIONS[k]] for k in CHOICES["position"]]),
         "direction": torch.tensor([DIRECTIONS[k] for k in CHOICES["direction"]]),
         "speed": torch.tensor([[math.log(SPEEDS[k])] for k in CHOICES["speed"]]),
@@ -295,8 +300,8 @@ def attribute_probs(m: Measurement) -> dict[str, torch.Tensor]:
     """
     protos = _prototypes()
     features = {
-        "colour": m.colour, "background": m.background, "size": m.area.clamp_min(1e-6).log()[:, None],
-        "shape": m.fill[:, None], "position": m.x[:, None],
+        "colour": m.colour, "background": m.background, "size": m.width.clamp_min(1e-6).log()[:, None],
+        "shape": m.aspect.clamp_min(1e-6).log()[:, None], "position": m.x[:, None],
         "speed": m.velocity.norm(dim=1).clamp_min(1e-6).log()[:, None],
     }
     out = {}
