@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -685,7 +686,8 @@ def test_trainer_frees_comfyui_memory_shows_its_images_links_its_lora_and_does_n
     host.install(h)
     try:
         out = trainer().train(*args, unique_id="7")
-        lora_name, run_dir, metrics, sheet, curve = out["result"]
+        lora_name, run_dir, metrics, sheet, curve, model, lora_sd = out["result"]
+        assert model is None and lora_sd is None  # nothing takes those outputs here (no prompt graph)
         assert mm.calls == ["unload_all_models", "soft_empty_cache"], "ComfyUI's models leave the GPU first"
         # An unnamed run is named after its settings; its LoRA is published under ComfyUI's loras folder.
         run = Path(run_dir).name
@@ -695,7 +697,20 @@ def test_trainer_frees_comfyui_memory_shows_its_images_links_its_lora_and_does_n
         for image in (sheet, curve):
             assert image.ndim == 4 and image.shape[0] == 1 and image.shape[3] == 3 and image.dtype == torch.float32
             assert image.shape[1] > 64 and 0 <= float(image.min()) and float(image.max()) <= 1 and image.std() > 0
-        assert len(out["ui"]["images"]) == 2 and all(i["type"] == "temp" for i in out["ui"]["images"])
+        # The held-out videos before (top) and after, animated, where the run wrote them (output/), then
+        # the sheet and the curve; "animated" makes the front end show them as <img> (WebP animates).
+        webp, *pngs = out["ui"]["images"]
+        assert out["ui"]["animated"] == (True,) and len(pngs) == 2 and all(i["type"] == "temp" for i in pngs)
+        assert webp == {"filename": "before_after.webp", "subfolder": f"flash_grpo/runs/{Path(run_dir).name}/samples",
+                        "type": "output"}
+        from PIL import Image
+
+        with Image.open(tmp_path / "output" / webp["subfolder"] / webp["filename"]) as im:
+            assert im.is_animated and im.n_frames == 9  # tiny_demo: 9 frames
+            first = np.asarray(im.convert("RGB"))
+            im.seek(im.n_frames - 1)
+            assert first.shape == (2 * (2 * 64 + 2), 2 * 64, 3)  # 1 held-out prompt: before over after, 2x
+            assert not np.array_equal(first, np.asarray(im.convert("RGB")))
         assert "not trained again" not in out["ui"]["text"][0]
 
         # The lora_name output links to a LoRA loader's lora_name: ComfyUI's link check is

@@ -133,7 +133,7 @@ class Job:
 JOB_KINDS = ("train", "sample", "score")
 JOB_FIELDS = {  # field -> required, per job kind
     "train": {"config": True, "resume": False},
-    "sample": {"config": True, "prompts": True, "iteration": False},
+    "sample": {"config": True, "prompts": True, "iteration": False, "lora": False},
     "score": {"rewards": True, "videos": True, "prompts": True, "group_size": True, "std_mode": False, "clip": False},
 }
 STD_MODES = ("group", "global")
@@ -175,6 +175,13 @@ def check_job(body) -> tuple[str, dict]:
         raise BadRequest(f"resume: must be true or false, not {body['resume']!r}")
     if "iteration" in body and not (_is_int(body["iteration"]) and body["iteration"] >= 0):
         raise BadRequest(f"iteration: must be an integer >= 0, not {body['iteration']!r}")
+    if "lora" in body:
+        lora = body["lora"]
+        if not (isinstance(lora, dict) and set(lora) <= {"path", "strength"} and isinstance(lora.get("path"), str)
+                and isinstance(lora.get("strength", 1.0), (int, float)) and not isinstance(lora.get("strength"), bool)):
+            raise BadRequest('lora: must be {"path": "<absolute path of an aligned LoRA file>", "strength": number}')
+        if not (os.path.isabs(lora["path"]) and os.path.isfile(lora["path"])):
+            raise BadRequest(f"lora: {lora['path']!r} is not an existing file (an absolute path)")
     prompts = body.get("prompts", [""])
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise BadRequest("prompts: must be a non-empty list of strings")
@@ -229,7 +236,7 @@ def _run_command(command: dict, runner: LocalRunner, should_stop, on_event) -> d
                 "summary": result.summary}
     if op == "sample":
         cfg = FlashGRPOConfig.from_dict(command["config"])
-        out = runner.sample(cfg, command["prompts"], command.get("iteration", 0))
+        out = runner.sample(cfg, command["prompts"], command.get("iteration", 0), lora=command.get("lora"))
         videos = (out.videos * 255).round().to(torch.uint8)
         return {"videos": encode_array(videos), "steps": out.steps, "prompts": out.prompts, "seed": out.seed}
     if op == "score":

@@ -84,11 +84,12 @@ class Runner(Protocol):
         ...
 
     def sample(self, cfg: FlashGRPOConfig, prompts: list[str], iteration: int = 0,
-               should_stop: Callable[[], bool] = lambda: False) -> SampleResult:
+               should_stop: Callable[[], bool] = lambda: False, lora: dict | None = None) -> SampleResult:
         """Iso-temporal group sampling: ``cfg.group_size`` videos per prompt, exactly as the
         training rollout of ``iteration`` draws them (step plan and noise from ``cfg.seed``).
-        ``should_stop``: the backend runner stops waiting and raises ``JobAbandoned``; the local
-        runner runs to the end."""
+        ``lora``: ``{"path": aligned LoRA file (absolute), "strength": float}`` to sample with a
+        trained LoRA (strength 0 = the base model). ``should_stop``: the backend runner stops
+        waiting and raises ``JobAbandoned``; the local runner runs to the end."""
         ...
 
     def score(self, reward_specs: list, videos, prompts: list[str], group_size: int,
@@ -155,11 +156,12 @@ class LocalRunner:
             raise RunCancelled(result)
         return result
 
-    def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False) -> SampleResult:
+    def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False, lora=None) -> SampleResult:
         prompts = list(prompts)
         cfg = FlashGRPOConfig.from_dict({**cfg.to_dict(), "prompts": prompts, "prompt_file": "",
                                          "eval_prompts": 0, "prompts_per_iteration": len(prompts)})
-        recipe = FlashGRPORecipe(cfg, pipeline=self.warm_pipeline(cfg)).setup(training=False)
+        lora_file = (str(lora["path"]), float(lora.get("strength", 1.0))) if lora else None
+        recipe = FlashGRPORecipe(cfg, pipeline=self.warm_pipeline(cfg), lora_file=lora_file).setup(training=False)
         batch = recipe.rollout_phase(iteration, prompts_global=prompts)
         videos = recipe.decode(batch.result.latents)  # uint8
         # each process decoded its own groups; rank order is prompt order
@@ -218,9 +220,11 @@ class BackendRunner:
             raise RunCancelled(result)
         return result
 
-    def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False) -> SampleResult:
-        out = self.connection().run_job("sample", {"config": cfg.with_absolute_paths().to_dict(), "prompts": list(prompts),
-                                                   "iteration": int(iteration)}, should_stop=should_stop)
+    def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False, lora=None) -> SampleResult:
+        job = {"config": cfg.with_absolute_paths().to_dict(), "prompts": list(prompts), "iteration": int(iteration)}
+        if lora:
+            job["lora"] = {"path": str(Path(lora["path"]).absolute()), "strength": float(lora.get("strength", 1.0))}
+        out = self.connection().run_job("sample", job, should_stop=should_stop)
         videos = decode_array(out["videos"]).float() / 255.0  # travels as uint8
         return SampleResult(videos=videos, steps=out["steps"], prompts=out["prompts"], seed=out["seed"])
 
