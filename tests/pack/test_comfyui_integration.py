@@ -333,6 +333,8 @@ comfy/sd.py): counted before and after a prompt, they tell whether ComfyUI loade
 WAN_VAE = """
 import sys, torch
 from safetensors.torch import save_file
+from comfy.cli_args import args
+args.cpu = True  # as the test's server runs (the module picks its device at import)
 import comfy.ldm.wan.vae
 torch.manual_seed(0)
 vae = comfy.ldm.wan.vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
@@ -395,7 +397,7 @@ def test_stock_loaders_feed_the_group_sampler_and_comfyui_loads_none_of_them(com
 
 def test_stock_loaders_train_and_the_trainer_outputs_the_model_with_its_lora(comfy, stock_files):
     """The Trainer on Load Diffusion Model / Load CLIP / Load VAE: the backend trains on those files;
-    its MODEL output (only then ComfyUI loads the diffusion model, once) and its LORA_MODEL output
+    its MODEL output (only then ComfyUI loads the diffusion model, at most once) and its LORA_MODEL output
     through Load LoRA Model both hold base + LoRA, checked after ModelSave. A MODEL from a LoRA node
     is refused with the fix, and nothing is loaded for it."""
     from safetensors.torch import load_file
@@ -419,7 +421,8 @@ def test_stock_loaders_train_and_the_trainer_outputs_the_model_with_its_lora(com
     result = comfy.run(graph)
     assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000] + comfy.log()[-3000:]
     now = _loads(comfy)
-    assert now["model weight dtype"] == loads["model weight dtype"] + 1, "the diffusion model, once, for the MODEL output"
+    # the diffusion model at most once, for the MODEL output (none when an earlier prompt's UNETLoader is cached)
+    assert now["model weight dtype"] - loads["model weight dtype"] <= 1
     assert now["CLIP/text encoder model load device"] == loads["CLIP/text encoder model load device"]
     assert now["VAE load device"] == loads["VAE load device"]
     assert "lora key not loaded" not in comfy.log()
