@@ -151,7 +151,13 @@ function showPreview(node) {
   }
   const reward = typeof p.reward === "number" ? `  held-out reward ${p.reward.toFixed(4)}` : "";
   box.querySelector("span").textContent = `held-out samples after ${p.done ?? "?"} iterations${reward}`;
-  box.style.display = "block";
+  if (box.style.display !== "block") {
+    box.style.display = "block";
+    // make room for the preview the first time one arrives
+    const size = node.computeSize?.();
+    if (size && node.size && node.size[1] < size[1]) node.setSize?.([node.size[0], size[1]]);
+    app.graph?.setDirtyCanvas?.(true, true);
+  }
 }
 
 async function loadHistory(node, run) {
