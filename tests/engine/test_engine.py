@@ -232,6 +232,14 @@ def test_decode_gives_uint8_videos_by_the_reference_formula_in_any_chunking(reci
     assert [c.shape[0] for c in recipe.decode_chunks(latents)] == [2, 1]
     assert (recipe.decode(latents).int() - videos.int()).abs().max() <= 1
 
+    # A VAE that decodes to NaN (e.g. a file with broken weights) stops with the cause, not black videos.
+    with torch.no_grad():
+        vae.decoder.conv_in.weight[0].fill_(float("nan"))
+    from trainer.errors import UserError
+
+    with pytest.raises(UserError, match="the decoded videos hold NaN or Inf"):
+        recipe.decode(latents)
+
 
 def test_chunked_scoring_equals_scoring_all_videos(recipe):
     latents = torch.randn(3, *recipe.latent_shape, generator=torch.Generator().manual_seed(1))

@@ -493,6 +493,9 @@ class FlashGRPORecipe:
         for z in latents.split(self.cfg.decode_batch_size):
             z = z.float() * std + mean
             video = vae.decode(z.to(vae.dtype), return_dict=False)[0]  # [n, 3, T, H, W] in -1..1
+            # NaN would become black pixels in uint8: stop instead (this process's own videos)
+            self._require_finite(video, "the decoded videos", "dtype, vae_tiling (or a VAE file with broken weights)",
+                                 collective=False)
             yield vae_to_uint8(video).cpu()
             del video
 
