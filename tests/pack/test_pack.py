@@ -811,6 +811,13 @@ def test_stock_loaders_are_read_from_the_prompt_graph_and_never_evaluated_for_th
         assert manifest["text_encoder"] == str(tmp_path / "models" / "text_encoders" / "umt5.safetensors")
         assert manifest["vae"] == str(tmp_path / "models" / "vae" / "wan_vae.safetensors")
         assert Path(model["model"]).parent == tmp_path / "output" / "flash_grpo" / "models"
+        assert Path(model["model"]).name.startswith("wan-")
+        # Another VAE (or text encoder) is another model value: a finished run is not returned for it.
+        (tmp_path / "models" / "vae" / "other_vae.safetensors").write_bytes(b"x")
+        other = _stock_graph()
+        other["3"]["inputs"]["vae_name"] = "other_vae.safetensors"
+        assert node_types._model_source(None, other, "10")["model"] != model["model"]
+        assert node_types._model_source(None, _stock_graph(), "11")["model"] == model["model"]
 
         with pytest.raises(UserError, match=r"straight from\s+Load Diffusion Model \(UNETLoader\)"):
             node_types._model_source(None, patched, "10")

@@ -199,8 +199,11 @@ def _comfy_files_model(diffusion_model: str, vae: str, text_encoder: str, config
             raise UserError(f"{label}: pick a file (ComfyUI's models folders list them).")
     paths = [h.model_path(folder, name) for folder, name in (
         ("diffusion_models", diffusion_model), ("vae", vae), ("text_encoders", text_encoder))]
+    # Named after the diffusion model and a hash of all three files and the config: another VAE or
+    # text encoder is another model value, so a finished run is not returned for it (finished_run).
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(diffusion_model).stem)
-    manifest = h.runs_dir("models") / f"{stem}{COMFY_MODEL_SUFFIX}"
+    digest = hashlib.sha256(json.dumps([*map(str, paths), config]).encode()).hexdigest()[:8]
+    manifest = h.runs_dir("models") / f"{stem}-{digest}{COMFY_MODEL_SUFFIX}"
     write_comfy_manifest(manifest, *paths, config=config)
     return {"model": str(manifest), "device": device, "dtype": dtype, "gpus": int(gpus)}
 
