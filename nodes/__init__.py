@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 LORA_SUBFOLDER = "flash_grpo"
 PROGRESS_EVENT = "flash_grpo.progress"
 PROMPT_FILE_SUFFIXES = (".txt", ".csv", ".prompts")
+PREVIEW_SIZE = 512  # longest side of the progress bar's preview image
 
 
 class ComfyHost(host.Host):
@@ -119,6 +120,33 @@ class ComfyHost(host.Host):
         name = f"{prefix}_{os.getpid()}_{self._temp_counter:05d}.png"
         (folder / name).write_bytes(png)
         return {"filename": name, "subfolder": "", "type": "temp"}
+
+    def file_image(self, path: Path):
+        """A file under ComfyUI's output folder is referenced where it is (``type: output``); one
+        elsewhere (a run outside output/) is copied to the temp folder first."""
+        path = Path(path).resolve()
+        out = Path(self.folder_paths.get_output_directory()).resolve()
+        if out in path.parents:
+            sub = str(path.parent.relative_to(out)).replace(os.sep, "/")
+            return {"filename": path.name, "subfolder": "" if sub == "." else sub, "type": "output"}
+        folder = Path(self.folder_paths.get_temp_directory())
+        folder.mkdir(parents=True, exist_ok=True)
+        self._temp_counter += 1
+        name = f"flash_grpo_{os.getpid()}_{self._temp_counter:05d}{path.suffix}"
+        shutil.copyfile(path, folder / name)
+        return {"filename": name, "subfolder": "", "type": "temp"}
+
+    def preview(self, node_id, event, total):
+        """The progress bar's preview: the preview samples' middle frame (ComfyUI sends it to the
+        node as its image while it runs); the animated samples reach the page with the event."""
+        from PIL import Image
+
+        with Image.open(event["frame"]) as im:
+            frame = im.convert("RGB")
+        bar = self._bars.get(node_id)
+        if bar is None or bar.total != total:
+            bar = self._bars[node_id] = self.utils.ProgressBar(total, node_id=node_id)
+        bar.update_absolute(int(event.get("iterations_done", 0)), total, ("JPEG", frame, PREVIEW_SIZE))
 
     # --- ComfyUI's MODEL --------------------------------------------------------------------
     def model_weight_shapes(self, model):

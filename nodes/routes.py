@@ -2,6 +2,8 @@
 
 ``GET /flash_grpo/runs``: the runs this server knows (active first).
 ``GET /flash_grpo/runs/{run}/events?since=N``: a run's events from its ``events.jsonl`` (compact).
+``GET /flash_grpo/runs/{run}/samples/{file}``: a preview of the run (``preview_NNNNN.webp|png``,
+``before_after.webp|png``) from its ``samples/`` folder; other names are refused.
 
 The browser only ever names a run; the server maps the name to a folder it knows or finds under
 ComfyUI's output folder (``output/flash_grpo/<dir>/<run>``). Names are checked against
@@ -12,6 +14,7 @@ Nothing here imports ComfyUI: ``register`` receives the server's route table.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from ..trainer.graph.node_types import RUN_NAME_RE, compact_event
 
 PREFIX = "/flash_grpo"
 MAX_EVENTS = 20000
+SAMPLE_FILE_RE = re.compile(r"^(preview_\d{5}|before_after)\.(webp|png)$")
+"""The files of a run's ``samples/`` folder the browser may fetch (previews, before/after)."""
 
 
 class RunRegistry:
@@ -126,3 +131,14 @@ def register(routes, output_root_fn, registry: RunRegistry) -> None:
             return web.json_response({"error": "since must be an integer"}, status=400)
         info = registry.get(name) or {"run": name, "status": "finished or stopped"}
         return web.json_response({**info, "events": read_events(run_dir, since)})
+
+    @routes.get(PREFIX + "/runs/{run}/samples/{file}")
+    async def get_run_sample(request):
+        name, file = request.match_info["run"], request.match_info["file"]
+        if not valid_run_name(name) or not SAMPLE_FILE_RE.match(file):
+            return web.json_response({"error": "invalid run or file name"}, status=400)
+        run_dir = find_run_dir(Path(output_root_fn()), name, registry)
+        path = run_dir / "samples" / file if run_dir is not None else None
+        if path is None or not path.is_file():
+            return web.json_response({"error": f"no {file} in run {name}"}, status=404)
+        return web.FileResponse(path, headers={"Content-Type": f"image/{path.suffix[1:]}", "Cache-Control": "no-cache"})

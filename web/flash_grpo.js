@@ -1,8 +1,10 @@
 // Flash-GRPO front-end extension: a live chart on the trainer node (reward mean +- std, loss per
-// iteration, run status), and the text a node returns in ui.text (scores table, run result, LoRA
-// metadata, step k of each group) drawn on the scorer, trainer, LoRA loader and group sampler.
-// Fed by "flash_grpo.progress" messages from the server; after a page reload the history comes from
-// GET /flash_grpo/runs/{run}/events (the run name is kept in the node's properties).
+// iteration, run status), the latest held-out preview samples of a run (preview_every; an animated
+// WebP from GET /flash_grpo/runs/{run}/samples/{file}), and the text a node returns in ui.text
+// (scores table, run result, LoRA metadata, step k of each group) drawn on the scorer, trainer, LoRA
+// loader and group sampler. Fed by "flash_grpo.progress" messages from the server; after a page
+// reload the history comes from GET /flash_grpo/runs/{run}/events (the run name is kept in the
+// node's properties).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -17,10 +19,12 @@ const TEXT_NODES = {
 };
 const RUN_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const CHART_HEIGHT = 190;
+const PREVIEW_HEIGHT = 150;
+const SAMPLE_RE = /^preview_\d{5}\.(webp|png)$/;
 
 function chartState(node) {
   if (!node.__flashGrpo) {
-    node.__flashGrpo = { run: null, total: 0, status: "idle", points: [], message: "" };
+    node.__flashGrpo = { run: null, total: 0, status: "idle", points: [], message: "", preview: null };
   }
   return node.__flashGrpo;
 }
@@ -37,6 +41,9 @@ function addPoint(state, e) {
 function applyEvent(state, e) {
   if (!e || typeof e !== "object") return;
   addPoint(state, e);
+  if (e.event === "preview" && typeof e.file === "string" && SAMPLE_RE.test(e.file)) {
+    state.preview = { file: e.file, done: e.iterations_done, reward: e.eval_reward_mean };
+  }
   if (e.iterations) state.total = e.iterations;
   if (e.event === "queued" || e.event === "start" || e.event === "iteration") state.status = "running";
   if (e.event === "done") state.status = "done";
@@ -127,6 +134,32 @@ function draw(node) {
   ctx.fillText("loss", x0 + 120, height - 3);
 }
 
+function showPreview(node) {
+  // The latest held-out preview samples of the run, under the chart (animated WebP).
+  const state = chartState(node);
+  const box = node.__flashGrpoPreview;
+  if (!box) return;
+  const p = state.preview;
+  if (!p || !state.run || !RUN_RE.test(state.run)) {
+    box.style.display = "none";
+    return;
+  }
+  const src = api.apiURL(`/flash_grpo/runs/${encodeURIComponent(state.run)}/samples/${encodeURIComponent(p.file)}`);
+  if (box.__src !== src) {
+    box.__src = src;
+    box.querySelector("img").src = src;
+  }
+  const reward = typeof p.reward === "number" ? `  held-out reward ${p.reward.toFixed(4)}` : "";
+  box.querySelector("span").textContent = `held-out samples after ${p.done ?? "?"} iterations${reward}`;
+  if (box.style.display !== "block") {
+    box.style.display = "block";
+    // make room for the preview the first time one arrives
+    const size = node.computeSize?.();
+    if (size && node.size && node.size[1] < size[1]) node.setSize?.([node.size[0], size[1]]);
+    app.graph?.setDirtyCanvas?.(true, true);
+  }
+}
+
 async function loadHistory(node, run) {
   if (!run || !RUN_RE.test(run)) return;
   const state = chartState(node);
@@ -140,6 +173,7 @@ async function loadHistory(node, run) {
     if (data.status === "running") state.status = "running";
     else if (state.status === "idle" || state.status === "running") state.status = data.status || "finished";
     draw(node);
+    showPreview(node);
   } catch (err) {
     console.warn("flash_grpo: could not load run history", err);
   }
@@ -173,6 +207,17 @@ function setupTrainer(node) {
     getMinHeight: () => CHART_HEIGHT,
     getMaxHeight: () => CHART_HEIGHT,
   });
+  const box = document.createElement("div");
+  box.style.cssText = "display:none;font:11px sans-serif;color:#ddd;background:#1b1b1b;text-align:center;";
+  const img = document.createElement("img");
+  img.style.cssText = `max-width:100%;max-height:${PREVIEW_HEIGHT - 16}px;image-rendering:pixelated;`;
+  box.append(img, document.createElement("br"), document.createElement("span"));
+  node.__flashGrpoPreview = box;
+  node.addDOMWidget("flash_grpo_preview", "flash_grpo_preview", box, {
+    serialize: false,
+    hideOnZoom: false,
+    getMinHeight: () => (chartState(node).preview ? PREVIEW_HEIGHT : 0),
+  });
   chartState(node);
   requestAnimationFrame(() => draw(node));
 }
@@ -205,6 +250,7 @@ function onProgress(ev) {
     state.run = d.run;
     state.points = [];
     state.message = "";
+    state.preview = null;
     loadHistory(node, d.run);
   }
   if (d.total) state.total = d.total;
@@ -212,6 +258,7 @@ function onProgress(ev) {
   node.properties.flash_grpo_run = d.run;
   applyEvent(state, d.event);
   draw(node);
+  showPreview(node);
 }
 
 app.registerExtension({

@@ -232,6 +232,14 @@ def test_decode_gives_uint8_videos_by_the_reference_formula_in_any_chunking(reci
     assert [c.shape[0] for c in recipe.decode_chunks(latents)] == [2, 1]
     assert (recipe.decode(latents).int() - videos.int()).abs().max() <= 1
 
+    # A VAE that decodes to NaN (e.g. a file with broken weights) stops with the cause, not black videos.
+    with torch.no_grad():
+        vae.decoder.conv_in.weight[0].fill_(float("nan"))
+    from trainer.errors import UserError
+
+    with pytest.raises(UserError, match="the decoded videos hold NaN or Inf"):
+        recipe.decode(latents)
+
 
 def test_chunked_scoring_equals_scoring_all_videos(recipe):
     latents = torch.randn(3, *recipe.latent_shape, generator=torch.Generator().manual_seed(1))
@@ -293,6 +301,69 @@ def test_before_after_sheet_is_written_and_survives_a_resume(tmp_path):
     # The base model's samples are the same as those of the run's start (the LoRA starts at zero).
     assert resumed._samples["before"][1] == before_scores
     assert Image.open(sheet).size == made_in_one_go.size
+
+
+def test_preview_every_writes_held_out_samples_during_training_and_the_animated_before_after(tmp_path):
+    """preview_every=1 over 3 iterations: previews after iterations 1 and 2 (not after the last:
+    the "after" samples are its preview), each an animated WebP of the held-out videos as the
+    "after" samples are drawn, with its middle frame as PNG; a resume drops previews past its checkpoint."""
+    import numpy as np
+    from PIL import Image
+
+    from trainer.engine.runlog import EventLog
+
+    cfg = tiny_cfg(tmp_path, iterations=3, eval_prompts=2, sample_videos=True, run_name="pv", preview_every=1,
+                   checkpoint_every=1)
+    seen = []
+    result = FlashGRPORecipe(cfg).setup().train(on_event=seen.append)
+    previews = [e for e in seen if e["event"] == "preview"]
+    held_out = FlashGRPORecipe(cfg).setup(training=False).prompts.eval
+    assert [e["iterations_done"] for e in previews] == [1, 2] and [e["iteration"] for e in previews] == [0, 1]
+    assert [e for e in EventLog(tmp_path / "pv" / "events.jsonl").read() if e["event"] == "preview"] == previews
+    for e in previews:
+        assert e["path"] == str(tmp_path / "pv" / "samples" / f"preview_{e['iterations_done']:05d}.webp")
+        assert len(e["eval_rewards"]) == 2 and e["prompts"] == held_out
+        with Image.open(e["path"]) as im:
+            assert im.format == "WEBP" and im.n_frames == cfg.num_frames
+            assert im.size == (2 * (2 * cfg.width + 2), 2 * cfg.height)  # two prompts side by side, 2x
+            im.seek(cfg.num_frames // 2)
+            middle = np.asarray(im.convert("RGB"))
+        assert np.array_equal(np.asarray(Image.open(e["frame"]).convert("RGB")), middle)
+    # The preview after iteration 2 shows what training changed since iteration 1.
+    first, second = (np.asarray(Image.open(e["frame"])) for e in previews)
+    assert not np.array_equal(first, second)
+    with Image.open(result.run_dir / "samples" / "before_after.webp") as im:  # before (top) and after
+        assert im.n_frames == cfg.num_frames and im.size == (2 * (2 * cfg.width + 2), 2 * (2 * cfg.height + 2))
+
+    log = EventLog(tmp_path / "pv" / "events.jsonl")
+    log.truncate_after(0)  # a resume from the checkpoint after iteration 1
+    assert [e["iteration"] for e in log.read() if e["event"] in ("iteration", "preview")] == [0, 0]
+
+
+def test_sampling_with_an_aligned_lora_file_at_a_strength(tmp_path):
+    """``lora_file``: the trained LoRA replaces the fresh one; strength 0 samples the base model
+    exactly, strength s scales the LoRA's delta (s = 2 moves twice as far as 1, to first order)."""
+    from trainer.engine import lora as lora_lib
+
+    cfg = tiny_cfg(tmp_path, eval_sampling_steps=4)
+    trained = FlashGRPORecipe(cfg).setup(training=False)
+    with torch.no_grad():
+        for name, p in lora_lib.lora_parameters(trained.transformer):
+            if ".lora_B." in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "trained.safetensors"
+    lora_lib.save_aligned_lora(path, trained.transformer, cfg.lora_rank, cfg.lora_alpha, {"trainer": "test"})
+    prompts = ["a red ball", "a blue cube"]
+
+    def videos(strength=None):
+        r = FlashGRPORecipe(cfg, lora_file=None if strength is None else (str(path), strength)).setup(training=False)
+        return r.sample(prompts)
+
+    base, zero, one, two = videos(), videos(0.0), videos(1.0), videos(2.0)
+    assert torch.equal(base, zero)
+    assert torch.equal(one, trained.sample(prompts))  # the file computes what the module did
+    d1, d2 = (one - base).abs().mean(), (two - base).abs().mean()
+    assert d1 > 0 and 1.3 < float(d2 / d1) < 2.7
 
 
 def test_weights_hash_is_computed_once_per_module(recipe, monkeypatch):

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -550,7 +551,9 @@ def _save_comfy_umt5(path: Path, text_encoder, tokenizer_proto: bytes, fp8: bool
     save_file(sd, str(path))
 
 
-def test_load_comfy_files_builds_a_pipeline_from_comfyui_files(tmp_path):
+def tiny_comfy_umt5(path: Path, fp8_path: Path | None = None, d_model: int = 4096):
+    """A tiny umt5 text encoder (width ``d_model``, the tiny ComfyUI Wan's text_dim) written as
+    ComfyUI's umt5 files are (``spiece_model`` inside); returns the encoder."""
     import io
 
     import sentencepiece as spm
@@ -563,11 +566,21 @@ def test_load_comfy_files_builds_a_pipeline_from_comfyui_files(tmp_path):
                                    vocab_size=96, model_type="unigram", character_coverage=1.0, pad_id=0,
                                    eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2,
                                    num_threads=1)
-    torch.manual_seed(0)
-    te = UMT5EncoderModel(UMT5Config(vocab_size=96, d_model=4096, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
-                                     relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")).eval()
-    _save_comfy_umt5(tmp_path / "umt5.safetensors", te, buf.getvalue())
-    _save_comfy_umt5(tmp_path / "umt5_fp8.safetensors", te, buf.getvalue(), fp8=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        te = UMT5EncoderModel(UMT5Config(vocab_size=96, d_model=d_model, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+                                         relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_comfy_umt5(path, te, buf.getvalue())
+    if fp8_path is not None:
+        _save_comfy_umt5(fp8_path, te, buf.getvalue(), fp8=True)
+    return te
+
+
+def test_load_comfy_files_builds_a_pipeline_from_comfyui_files(tmp_path):
+    from trainer.engine import models
+
+    te = tiny_comfy_umt5(tmp_path / "umt5.safetensors", tmp_path / "umt5_fp8.safetensors")
 
     tok, loaded = models.load_comfy_text_encoder(tmp_path / "umt5.safetensors")
     ids = tok(["a red ball rolls"], return_tensors="pt").input_ids
@@ -685,7 +698,8 @@ def test_trainer_frees_comfyui_memory_shows_its_images_links_its_lora_and_does_n
     host.install(h)
     try:
         out = trainer().train(*args, unique_id="7")
-        lora_name, run_dir, metrics, sheet, curve = out["result"]
+        lora_name, run_dir, metrics, sheet, curve, model, lora_sd = out["result"]
+        assert model is None and lora_sd is None  # nothing takes those outputs here (no prompt graph)
         assert mm.calls == ["unload_all_models", "soft_empty_cache"], "ComfyUI's models leave the GPU first"
         # An unnamed run is named after its settings; its LoRA is published under ComfyUI's loras folder.
         run = Path(run_dir).name
@@ -695,7 +709,20 @@ def test_trainer_frees_comfyui_memory_shows_its_images_links_its_lora_and_does_n
         for image in (sheet, curve):
             assert image.ndim == 4 and image.shape[0] == 1 and image.shape[3] == 3 and image.dtype == torch.float32
             assert image.shape[1] > 64 and 0 <= float(image.min()) and float(image.max()) <= 1 and image.std() > 0
-        assert len(out["ui"]["images"]) == 2 and all(i["type"] == "temp" for i in out["ui"]["images"])
+        # The held-out videos before (top) and after, animated, where the run wrote them (output/), then
+        # the sheet and the curve; "animated" makes the front end show them as <img> (WebP animates).
+        webp, *pngs = out["ui"]["images"]
+        assert out["ui"]["animated"] == (True,) and len(pngs) == 2 and all(i["type"] == "temp" for i in pngs)
+        assert webp == {"filename": "before_after.webp", "subfolder": f"flash_grpo/runs/{Path(run_dir).name}/samples",
+                        "type": "output"}
+        from PIL import Image
+
+        with Image.open(tmp_path / "output" / webp["subfolder"] / webp["filename"]) as im:
+            assert im.is_animated and im.n_frames == 9  # tiny_demo: 9 frames
+            first = np.asarray(im.convert("RGB"))
+            im.seek(im.n_frames - 1)
+            assert first.shape == (2 * (2 * 64 + 2), 2 * 64, 3)  # 1 held-out prompt: before over after, 2x
+            assert not np.array_equal(first, np.asarray(im.convert("RGB")))
         assert "not trained again" not in out["ui"]["text"][0]
 
         # The lora_name output links to a LoRA loader's lora_name: ComfyUI's link check is
@@ -719,3 +746,201 @@ def test_trainer_frees_comfyui_memory_shows_its_images_links_its_lora_and_does_n
     finally:
         host.install(old)
         h.close()
+
+
+# -------------------------------------------------- stock loaders, LoRA sampling, previews --
+
+
+def _stock_graph(model_source: str = "UNETLoader", use_model_output: bool = False) -> dict:
+    """A prompt graph: Load Diffusion Model / Load CLIP / Load VAE (or another MODEL node) feeding
+    a trainer (node 10) and a group sampler (node 11)."""
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "umt5.safetensors", "type": "wan", "device": "default"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_vae.safetensors"}},
+        "4": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": "x.safetensors",
+                                                              "strength_model": 1.0}},
+        "10": {"class_type": "FlashGRPOTrainer", "inputs": {"model": ["1" if model_source == "UNETLoader" else "4", 0],
+                                                            "clip": ["2", 0], "vae": ["3", 0]}},
+        "11": {"class_type": "FlashGRPOGroupSampler", "inputs": {"model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0]}},
+    }
+    if use_model_output:
+        graph["12"] = {"class_type": "ModelSave", "inputs": {"model": ["10", 5], "filename_prefix": "x"}}
+    return graph
+
+
+def test_stock_loaders_are_read_from_the_prompt_graph_and_never_evaluated_for_the_backend(pack, tmp_path):
+    """The trainer and the sampler take Load Diffusion Model / Load CLIP / Load VAE: their lazy
+    inputs stay unevaluated (ComfyUI loads nothing) and the files the loaders name go to the backend
+    in a manifest; only the trainer's used MODEL output makes ComfyUI evaluate its model input."""
+    nodes = sys.modules[f"{PACK_NAME}.nodes"]
+    host = sys.modules[f"{PACK_NAME}.trainer.graph.host"]
+    node_types = sys.modules[f"{PACK_NAME}.trainer.graph.node_types"]
+    UserError = sys.modules[f"{PACK_NAME}.trainer.errors"].UserError
+    trainer, sampler = pack.NODE_CLASS_MAPPINGS["FlashGRPOTrainer"], pack.NODE_CLASS_MAPPINGS["FlashGRPOGroupSampler"]
+    for folder, name in (("diffusion_models", "wan.safetensors"), ("text_encoders", "umt5.safetensors"),
+                         ("vae", "wan_vae.safetensors")):
+        (tmp_path / "models" / folder).mkdir(parents=True)
+        (tmp_path / "models" / folder / name).write_bytes(b"x")
+    for cls in (trainer, sampler):
+        spec = cls.INPUT_TYPES()
+        assert spec["required"]["model"][0] == "FLASH_MODEL,MODEL" and spec["required"]["model"][1]["lazy"]
+        assert spec["optional"]["clip"][1]["lazy"] and spec["optional"]["vae"][1]["lazy"]
+        assert spec["hidden"]["prompt"] == "PROMPT"
+    assert trainer.RETURN_TYPES[trainer.MODEL_OUTPUT] == "MODEL" and trainer.RETURN_TYPES[trainer.LORA_OUTPUT] == "LORA_MODEL"
+
+    old = host.current()
+    host.install(nodes.ComfyHost(_FakeFolderPaths(tmp_path), None, _FakeMM()))
+    try:
+        g = _stock_graph()
+        assert trainer().check_lazy_status(model=None, prompt=g, unique_id="10") == []
+        assert sampler().check_lazy_status(model=None, prompt=g, unique_id="11") == []
+        used = _stock_graph(use_model_output=True)
+        assert trainer().check_lazy_status(model=None, prompt=used, unique_id="10") == ["model"]
+        assert trainer().check_lazy_status(model=object(), prompt=used, unique_id="10") == []
+        ours = {"1": {"class_type": "FlashGRPOModelSource", "inputs": {}}, "10": {"class_type": "FlashGRPOTrainer",
+                                                                            "inputs": {"model": ["1", 0]}}}
+        assert trainer().check_lazy_status(model=None, prompt=ours, unique_id="10") == ["model"]
+        patched = _stock_graph("LoraLoaderModelOnly")  # not evaluated: refused without loading anything
+        assert trainer().check_lazy_status(model=None, prompt=patched, unique_id="10") == []
+
+        model = node_types._model_source(None, g, "10")
+        assert model["gpus"] == 1 and model["device"] == model["dtype"] == "auto"
+        manifest = json.loads(Path(model["model"]).read_text())
+        assert manifest["transformer"] == str(tmp_path / "models" / "diffusion_models" / "wan.safetensors")
+        assert manifest["text_encoder"] == str(tmp_path / "models" / "text_encoders" / "umt5.safetensors")
+        assert manifest["vae"] == str(tmp_path / "models" / "vae" / "wan_vae.safetensors")
+        assert Path(model["model"]).parent == tmp_path / "output" / "flash_grpo" / "models"
+        assert Path(model["model"]).name.startswith("wan-")
+        # Another VAE (or text encoder) is another model value: a finished run is not returned for it.
+        (tmp_path / "models" / "vae" / "other_vae.safetensors").write_bytes(b"x")
+        other = _stock_graph()
+        other["3"]["inputs"]["vae_name"] = "other_vae.safetensors"
+        assert node_types._model_source(None, other, "10")["model"] != model["model"]
+        assert node_types._model_source(None, _stock_graph(), "11")["model"] == model["model"]
+
+        with pytest.raises(UserError, match=r"straight from\s+Load Diffusion Model \(UNETLoader\)"):
+            node_types._model_source(None, patched, "10")
+        no_vae = _stock_graph()
+        del no_vae["10"]["inputs"]["vae"]
+        with pytest.raises(UserError, match=r"Load VAE \(VAELoader\) connected to vae"):
+            node_types._model_source(None, no_vae, "10")
+        linked_name = _stock_graph()
+        linked_name["2"]["inputs"]["clip_name"] = ["99", 0]
+        with pytest.raises(UserError, match="choose its clip_name on the node"):
+            node_types._model_source(None, linked_name, "10")
+        flash = {"model": "tiny", "device": "cpu", "dtype": "float32", "gpus": 1}
+        assert node_types._model_source(flash, ours, "10") is flash
+        with pytest.raises(UserError, match="clip and vae: used only with a MODEL"):
+            node_types._model_source(flash, g, "10")
+        # The MODEL output needs a MODEL input: refused before any training.
+        with pytest.raises(UserError, match="model output .* needs the model input from Load Diffusion Model"):
+            trainer().train(flash, {}, [], "tiny_demo", "flash", 1, 1, 2, 1e-3, 2, 0, "", False,
+                            prompt={**used, "10": {**used["10"], "inputs": {"model": ["1", 0]}}}, unique_id="10")
+    finally:
+        host.install(old)
+
+
+def test_group_sampler_samples_with_the_trainers_lora_at_a_strength(pack, tmp_path):
+    """lora_name (a name in ComfyUI's loras list, as the trainer's lora_name output gives it) and
+    lora_strength reach the job: strength 0 is the base model's videos, 1 differs; the optional
+    LoRA combo accepts the trainer's lora_name link."""
+    from trainer.engine import lora as lora_lib
+    from trainer.engine.models import build_tiny_pipeline
+
+    nodes = sys.modules[f"{PACK_NAME}.nodes"]
+    host = sys.modules[f"{PACK_NAME}.trainer.graph.host"]
+    UserError = sys.modules[f"{PACK_NAME}.trainer.errors"].UserError
+    sampler, trainer = pack.NODE_CLASS_MAPPINGS["FlashGRPOGroupSampler"], pack.NODE_CLASS_MAPPINGS["FlashGRPOTrainer"]
+    transformer = build_tiny_pipeline(seed=0).transformer
+    lora_lib.add_lora(transformer, rank=4, alpha=8.0, init_seed=1)
+    with torch.no_grad():
+        for name, p in lora_lib.lora_parameters(transformer):
+            if ".lora_B." in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(2))
+    lora_lib.save_aligned_lora(tmp_path / "models" / "loras" / "flash_grpo" / "run.safetensors", transformer, 4, 8.0,
+                               {"trainer": "flash-grpo"})
+    h = nodes.ComfyHost(_FakeFolderPaths(tmp_path), None, _RecordingMM())
+    h.in_process = True
+    old = host.current()
+    host.install(h)
+    try:
+        choices = sampler.INPUT_TYPES()["optional"]["lora_name"][0]
+        assert choices == ["none", "flash_grpo/run.safetensors"] and not trainer.RETURN_TYPES[0] != choices
+        model = {"model": "tiny", "device": "cpu", "dtype": "float32", "gpus": 1}
+        prompts = {"prompts": ["a red ball"], "prompt_file": "", "eval_prompts": 0}
+        run = lambda **kw: sampler().sample(model, prompts, 1, 2, "tiny_demo", 0, 0,  # noqa: E731
+                                            json.dumps({"sampling_steps": 4}), **kw)
+        base = run()["result"][0]
+        zero = run(lora_name="flash_grpo/run.safetensors", lora_strength=0.0)["result"][0]
+        one = run(lora_name="flash_grpo/run.safetensors", lora_strength=1.0)
+        assert all(torch.equal(a, b) for a, b in zip(base, zero))
+        assert any(not torch.equal(a, b) for a, b in zip(base, one["result"][0]))
+        assert json.loads(one["result"][3])["lora"] == {"name": "flash_grpo/run.safetensors", "strength": 1.0}
+        assert sampler.IS_CHANGED(lora_name="flash_grpo/run.safetensors") != ""
+        with pytest.raises(UserError, match="not in ComfyUI's loras folder"):
+            run(lora_name="flash_grpo/missing.safetensors")
+    finally:
+        host.install(old)
+        h.close()
+
+
+def test_a_preview_event_sets_the_progress_bar_preview_and_the_samples_route_serves_it(pack, tmp_path):
+    from PIL import Image
+
+    nodes = sys.modules[f"{PACK_NAME}.nodes"]
+    routes = sys.modules[f"{PACK_NAME}.nodes.routes"]
+    node_types = sys.modules[f"{PACK_NAME}.trainer.graph.node_types"]
+    run_dir = tmp_path / "output" / "flash_grpo" / "runs" / "pv"
+    (run_dir / "samples").mkdir(parents=True)
+    (run_dir / "events.jsonl").write_text("")
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(run_dir / "samples" / "preview_00003.png")
+    (run_dir / "samples" / "preview_00003.webp").write_bytes(b"RIFF....WEBP")
+    event = {"event": "preview", "iteration": 2, "iterations_done": 3, "path": str(run_dir / "samples" / "preview_00003.webp"),
+             "frame": str(run_dir / "samples" / "preview_00003.png"), "eval_reward_mean": 0.5}
+    assert node_types.compact_event(event) == {"event": "preview", "iteration": 2, "iterations_done": 3,
+                                               "eval_reward_mean": 0.5, "file": "preview_00003.webp"}
+
+    bars = []
+
+    class Utils:
+        class ProgressBar(_Utils.ProgressBar):
+            def __init__(self, total, node_id=None):
+                super().__init__(total, node_id)
+                bars.append(self)
+                self.previews = []
+
+            def update_absolute(self, value, total=None, preview=None):
+                super().update_absolute(value, total, preview)
+                self.previews.append(preview)
+
+    h = nodes.ComfyHost(_FakeFolderPaths(tmp_path), Utils(), _FakeMM())
+    h.preview("7", event, 10)
+    (bar,) = bars
+    assert bar.node_id == "7" and bar.values == [3]
+    kind, image, size = bar.previews[0]
+    assert kind == "JPEG" and image.size == (40, 20) and image.getpixel((0, 0)) == (255, 0, 0) and size == 512
+    assert h.file_image(run_dir / "samples" / "preview_00003.webp") == {
+        "filename": "preview_00003.webp", "subfolder": "flash_grpo/runs/pv/samples", "type": "output"}
+    outside = tmp_path / "elsewhere.webp"
+    outside.write_bytes(b"RIFF")
+    ref = h.file_image(outside)
+    assert ref["type"] == "temp" and (tmp_path / "temp" / ref["filename"]).read_bytes() == b"RIFF"
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def serve():
+        table = web.RouteTableDef()
+        routes.register(table, lambda: tmp_path / "output" / "flash_grpo", routes.RunRegistry())
+        app = web.Application()
+        app.add_routes(table)
+        async with TestClient(TestServer(app)) as client:
+            ok = await client.get("/flash_grpo/runs/pv/samples/preview_00003.webp")
+            assert ok.status == 200 and await ok.read() == b"RIFF....WEBP"
+            assert ok.headers["Content-Type"] == "image/webp"
+            for bad in ("config.json", "..%2Fevents.jsonl", "preview_3.webp", "before_after.gif"):
+                assert (await client.get(f"/flash_grpo/runs/pv/samples/{bad}")).status in (400, 404), bad
+            assert (await client.get("/flash_grpo/runs/pv/samples/before_after.webp")).status == 404
+            assert (await client.get("/flash_grpo/runs/nope/samples/preview_00003.webp")).status == 404
+    asyncio.run(serve())

@@ -141,3 +141,39 @@ def test_the_headless_workflows_are_the_templates():
     assert {p.stem for p in headless} >= {"align", "demo"}
     for path in headless:
         assert (TEMPLATES / path.name).read_bytes() == path.read_bytes(), f"{path} differs from its template"
+
+
+def test_train_then_generate_template_trains_as_the_demo_then_samples_with_its_lora():
+    """The template's training part is the demo's (same model, prompts, reward and trainer values),
+    its Group Sampler takes the Trainer's lora_name and the toy model, and its videos go to Save
+    Animated WEBP, lossless (so strength 0 can be compared with the base model pixel for pixel)."""
+    from tests.pack.test_pack import import_pack
+    from trainer.graph.workflow import load_workflow
+
+    pack = import_pack()
+
+    class SaveAnimatedWEBP:  # ComfyUI's stock node, as its INPUT_TYPES declares it (0.3.64)
+        RETURN_TYPES, OUTPUT_NODE, FUNCTION = (), True, "save_images"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"}),
+                                 "fps": ("FLOAT", {"default": 6.0}), "lossless": ("BOOLEAN", {"default": True}),
+                                 "quality": ("INT", {"default": 80}), "method": (["default", "fastest", "slowest"],)}}
+
+    classes = {**pack.NODE_CLASS_MAPPINGS, "SaveAnimatedWEBP": SaveAnimatedWEBP}
+    prompt = load_workflow(TEMPLATES / "train_then_generate.json", classes)
+    demo = load_workflow(TEMPLATES / "demo.json", pack.NODE_CLASS_MAPPINGS)
+    by_type = lambda p, t: [k for k, n in p.items() if n["class_type"] == t]  # noqa: E731
+    (trainer,), (sampler,), (save,) = (by_type(prompt, t) for t in ("FlashGRPOTrainer", "FlashGRPOGroupSampler",
+                                                                    "SaveAnimatedWEBP"))
+    (demo_trainer,) = by_type(demo, "FlashGRPOTrainer")
+    mine = {k: v for k, v in prompt[trainer]["inputs"].items() if k != "preview_every"}
+    assert mine == demo[demo_trainer]["inputs"] and prompt[trainer]["inputs"]["preview_every"] > 0
+    for name in ("model", "prompts", "reward"):
+        src, ref = prompt[mine[name][0]], demo[demo[demo_trainer]["inputs"][name][0]]
+        assert src == ref, name
+    gen = prompt[sampler]["inputs"]
+    assert gen["lora_name"] == [trainer, 0] and gen["lora_strength"] == 1.0 and gen["model"] == mine["model"]
+    assert gen["preset"] == demo[demo_trainer]["inputs"]["preset"]
+    assert prompt[save]["inputs"]["images"] == [sampler, 0] and prompt[save]["inputs"]["lossless"] is True

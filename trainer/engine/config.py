@@ -178,6 +178,9 @@ class FlashGRPOConfig:
     checkpoint_every: int = _f(5, "Write a checkpoint every this many iterations (and at the end / on cancel).")
     sample_videos: bool = _f(True, "Write before/after mp4s of the held-out prompts.")
     fps: int = _f(16, "Frames per second of written videos.")
+    preview_every: int = _f(0, "Every this many iterations sample the first held-out prompts, write them as "
+                            "samples/preview_NNNNN.webp and emit a preview event (shown on the trainer node "
+                            "while it trains); 0 = off.")
 
     # ------------------------------------------------------------------------------------------
     def strategy_impl(self):
@@ -255,6 +258,7 @@ class FlashGRPOConfig:
             need(self.mix_shift_every >= 1, f"mix_shift_every={self.mix_shift_every}: must be >= 1")
         need(self.max_sequence_length >= 1, f"max_sequence_length={self.max_sequence_length}: must be >= 1")
         need(self.checkpoint_every >= 1, f"checkpoint_every={self.checkpoint_every}: must be >= 1")
+        need(self.preview_every >= 0, f"preview_every={self.preview_every}: must be >= 0 (0 = off)")
         need(self.eval_prompts >= 0, f"eval_prompts={self.eval_prompts}: must be >= 0")
         need(isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2
              and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.adam_betas),

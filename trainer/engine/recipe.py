@@ -49,10 +49,22 @@ from .data import DEFAULT_PROMPTS, PromptSet, read_prompt_file
 from .distributed import Dist
 from .models import COMFY_MODEL_SUFFIX, load_pipeline, weights_hash
 from .rollout import Conditioning, RolloutResult, rollout, transition_log_prob
-from .runlog import EventLog, atomic_write_json, plot_reward_curve, write_before_after, write_mp4
+from .runlog import (
+    EventLog,
+    atomic_write_bytes,
+    atomic_write_json,
+    plot_reward_curve,
+    write_animation,
+    write_before_after,
+    write_mp4,
+)
 from .strategies import StepPlan
 
 log = logging.getLogger(__name__)
+
+
+PREVIEW_PROMPTS = 4
+"""Held-out prompts in a preview (``preview_every``) and in the animated before/after WebP."""
 
 
 class Cancelled(Exception):
@@ -157,8 +169,11 @@ class FlashGRPORecipe:
     """Builds every component from a ``FlashGRPOConfig`` and runs the training loop."""
 
     def __init__(self, cfg: FlashGRPOConfig, run_dir: str | Path | None = None, resume: bool = False,
-                 pipeline=None):
+                 pipeline=None, lora_file: tuple[str, float] | None = None):
+        """``lora_file``: ``(path, strength)`` of an aligned LoRA file that replaces the fresh LoRA
+        (sampling with a trained LoRA; ``strength`` scales its ``B``, 0 leaves the fresh LoRA)."""
         self.cfg = cfg.validate()
+        self._lora_file = lora_file
         self.dist = Dist()
         self._requested_run_dir = run_dir
         self._resume = resume
@@ -287,9 +302,17 @@ class FlashGRPORecipe:
         cfg = self.cfg
         if lora_lib.has_lora(self.transformer):  # a warm pipeline from an earlier run: start afresh
             lora_lib.remove_lora(self.transformer)
-        lora_lib.add_lora(self.transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                          include_ffn=cfg.lora_ffn, init_seed=seeding.derive_seed(cfg.seed, "lora_init"),
-                          init=cfg.lora_init)
+        if self._lora_file is not None and self._lora_file[1] != 0:
+            path, strength = self._lora_file
+            lora_lib.apply_aligned_lora(self.transformer, path)  # the file's rank and alpha
+            with torch.no_grad():
+                for name, p in lora_lib.lora_parameters(self.transformer):
+                    if ".lora_B." in name:
+                        p.mul_(float(strength))  # delta W = strength * (alpha / r) * B A
+        else:
+            lora_lib.add_lora(self.transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                              include_ffn=cfg.lora_ffn, init_seed=seeding.derive_seed(cfg.seed, "lora_init"),
+                              init=cfg.lora_init)
         self.lora_params = [p for _, p in lora_lib.lora_parameters(self.transformer)]
         for p in self.lora_params:
             p.data = p.data.float()
@@ -482,7 +505,7 @@ class FlashGRPORecipe:
             saved = FlashGRPOConfig.from_dict(json.loads(state["config"]))
         except (ValueError, TypeError, UserError) as e:
             raise UserError(f"cannot resume: the config stored in {self.checkpoint_path} is not readable ({e}).") from None
-        ignore = {"iterations", "output_dir", "run_name", "checkpoint_every", "sample_videos", "fps"}
+        ignore = {"iterations", "output_dir", "run_name", "checkpoint_every", "sample_videos", "fps", "preview_every"}
         diff = [k for k in saved.field_names() if k not in ignore and getattr(saved, k) != getattr(self.cfg, k)]
         if diff:
             raise UserError(
@@ -598,6 +621,9 @@ class FlashGRPORecipe:
         for z in latents.split(self.cfg.decode_batch_size):
             z = z.float() * std + mean
             video = vae.decode(z.to(vae.dtype), return_dict=False)[0]  # [n, 3, T, H, W] in -1..1
+            # NaN would become black pixels in uint8: stop instead (this process's own videos)
+            self._require_finite(video, "the decoded videos", "dtype, vae_tiling (or a VAE file with broken weights)",
+                                 collective=False)
             yield vae_to_uint8(video).cpu()
             del video
 
@@ -969,10 +995,36 @@ class FlashGRPORecipe:
             if tag == "after":
                 (v0, s0), (v1, s1) = self._samples["before"], self._samples["after"]
                 write_before_after(self.run_dir / "samples" / "before_after.png", self.prompts.eval, v0, v1, s0, s1)
+                n = min(len(v0), PREVIEW_PROMPTS)  # the same videos, animated: before (top), after
+                write_animation(self.run_dir / "samples" / "before_after.webp", [v0[:n], v1[:n]], fps=self.cfg.fps)
         out = {"eval_reward_mean": float(scores.mean()), "eval_rewards": scores.tolist()}
         if scored.readings is not None:
             out["eval_readings"] = scored.readings
         return out
+
+    def _write_preview(self, done: int) -> dict | None:
+        """Held-out samples after ``done`` iterations (``preview_every``), on every process (FSDP
+        gathers weights): the first ``PREVIEW_PROMPTS`` held-out prompts sampled as the "after"
+        videos are (EMA weights when EMA is on), scored, written as ``samples/preview_NNNNN.webp``
+        (animated) and ``.png`` (its middle frame). Returns the ``preview`` event (rank 0)."""
+        prompts = self.prompts.eval[:PREVIEW_PROMPTS]
+        with self.ema_weights():
+            videos = self.sample(prompts)
+        scores = self.reward_fn(videos, prompts).scores
+        if not self.dist.is_main:
+            return None
+        import io
+
+        from PIL import Image
+
+        path = self.run_dir / "samples" / f"preview_{done:05d}.webp"
+        still = write_animation(path, [_as_uint8(videos)], fps=self.cfg.fps)
+        buf = io.BytesIO()
+        Image.fromarray(still).save(buf, format="PNG")
+        atomic_write_bytes(path.with_suffix(".png"), buf.getvalue())
+        return {"event": "preview", "iteration": done - 1, "iterations_done": done, "path": str(path),
+                "frame": str(path.with_suffix(".png")), "prompts": prompts,
+                "eval_reward_mean": float(scores.mean()), "eval_rewards": scores.tolist()}
 
     def held_out_table(self, before: dict, after: dict) -> list[dict]:
         """Per held-out prompt: its score before and after training (and what the reward read)."""
@@ -1023,6 +1075,10 @@ class FlashGRPORecipe:
             if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
                 self.save_checkpoint(done)
                 self.last_checkpoint = done
+            if cfg.preview_every and done % cfg.preview_every == 0 and done < cfg.iterations and self.prompts.eval:
+                preview = self._write_preview(done)
+                if preview is not None:
+                    emit(preview)
         self.save_checkpoint(done)
         self.last_checkpoint = done
         lora_path = self.export_lora(done)

@@ -22,8 +22,8 @@ import numpy as np
 
 from ..fileio import atomic_write_bytes, atomic_write_json, write_contact_sheet, write_mp4
 
-__all__ = ["EventLog", "atomic_write_bytes", "atomic_write_json", "plot_reward_curve", "write_before_after",
-           "write_contact_sheet", "write_mp4"]
+__all__ = ["EventLog", "atomic_write_bytes", "atomic_write_json", "plot_reward_curve", "write_animation",
+           "write_before_after", "write_contact_sheet", "write_mp4"]
 
 
 class EventLog:
@@ -53,8 +53,9 @@ class EventLog:
         return out
 
     def truncate_after(self, iteration: int) -> None:
-        """Drop iteration events past ``iteration`` (used when resuming from a checkpoint)."""
-        kept = [e for e in self.read() if e.get("iteration", -1) <= iteration or e.get("event") != "iteration"]
+        """Drop iteration and preview events past ``iteration`` (used when resuming from a checkpoint)."""
+        kept = [e for e in self.read()
+                if e.get("iteration", -1) <= iteration or e.get("event") not in ("iteration", "preview")]
         atomic_write_bytes(self.path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in kept).encode())
 
 
@@ -102,3 +103,28 @@ def write_before_after(path: str | Path, prompts: list[str], before: np.ndarray,
         (p, [(f"before: {s0:.3f}", v0), (f"after: {s1:.3f}", v1)])
         for p, v0, v1, s0, s1 in zip(prompts, before, after, scores_before, scores_after)
     ])
+
+
+def write_animation(path: str | Path, rows: list[np.ndarray], fps: int = 16, scale: int = 2) -> np.ndarray:
+    """An animated WebP (lossless, looping) of videos tiled in a grid: ``rows`` is a list of
+    uint8 ``[N, T, H, W, 3]`` arrays of one size, one grid row each (e.g. before, after), each
+    video a column; frames enlarged ``scale`` x (nearest). Returns the grid's middle frame (uint8
+    ``[H', W', 3]``), a still for a progress preview. Written through a temp file and a rename."""
+    from PIL import Image
+
+    n = max(r.shape[0] for r in rows)
+    t, h, w, _ = rows[0].shape[1:]
+    gap = 2
+    grid = np.full((t, len(rows) * (h + gap) - gap, n * (w + gap) - gap, 3), 215, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, video in enumerate(row):
+            grid[:, i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = video
+    grid = grid.repeat(scale, axis=1).repeat(scale, axis=2)
+    frames = [Image.fromarray(f) for f in grid]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.webp")
+    frames[0].save(tmp, format="WEBP", save_all=True, append_images=frames[1:], duration=max(1, round(1000 / fps)),
+                   loop=0, lossless=True)
+    os.replace(tmp, path)
+    return grid[t // 2]

@@ -102,6 +102,14 @@ class Host:
         """Store a PNG for the node's UI; return ComfyUI's image reference (None: no UI)."""
         return None
 
+    def file_image(self, path: Path) -> dict | None:
+        """ComfyUI's image reference of an image file a run wrote (None: no UI)."""
+        return None
+
+    def preview(self, node_id: str | None, event: dict, total: int) -> None:
+        """A training run wrote held-out preview samples (``event``: the ``preview`` event, with
+        ``path`` (animated WebP), ``frame`` (PNG still) and ``iterations_done``)."""
+
     def model_weight_shapes(self, model) -> dict[str, tuple]:
         """Weight name -> shape of a Wan diffusion model in ComfyUI's naming
         (``blocks.0.self_attn.q.weight``). Headless: a state dict or module in that naming."""

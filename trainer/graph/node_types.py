@@ -12,6 +12,13 @@ Custom socket types:
 * ``FLASH_PROMPTS``: the prompt set (``prompts``, ``prompt_file``, ``eval_prompts``).
 * ``FLASH_REWARD``: a list of reward specs ``{"name", "weight", "args"}``, summed.
 
+The trainer's and the group sampler's ``model`` input also takes ComfyUI's ``MODEL`` from Load
+Diffusion Model (``UNETLoader``), with ``clip`` from Load CLIP and ``vae`` from Load VAE. Those
+inputs are lazy and never evaluated for training or sampling: the node reads the chosen file names
+from the prompt graph (hidden ``PROMPT``) and the backend loads the files itself, so ComfyUI does
+not load the Wan model. Only the trainer's ``model`` output (the MODEL with the trained LoRA
+applied) makes ComfyUI load it, when something uses that output.
+
 The group sampler and the reward scorer use ComfyUI's list outputs/inputs (one video per list
 item); they run in ComfyUI, not in the headless runner.
 """
@@ -80,7 +87,10 @@ class _LoraList(list):
     equals the host's current LoRA list, whatever it held when the class was defined."""
 
     def __eq__(self, other):
-        return isinstance(other, list) and list(other) == list(host.current().model_files("loras"))
+        if not isinstance(other, list):
+            return False
+        loras = list(host.current().model_files("loras"))
+        return list(other) in (loras, [NO_FILE] + loras)  # a LoRA loader's list, or an optional LoRA's
 
     def __ne__(self, other):
         return not self.__eq__(other)
@@ -124,6 +134,110 @@ def _hardware_inputs() -> dict:
             "Weights/autocast dtype; auto = bfloat16 on CUDA, float32 on CPU. SDE math is always float32."}),
         "gpus": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "GPUs (processes) the training backend uses."}),
     }
+
+
+MODEL_TYPES = "FLASH_MODEL,MODEL"
+"""The ``model`` input of the trainer and the sampler: a Flash-GRPO model source, or ComfyUI's MODEL."""
+
+STOCK_LOADERS = {  # input -> (loader class, its file input, ComfyUI folder, its title in the menu)
+    "model": ("UNETLoader", "unet_name", "diffusion_models", "Load Diffusion Model"),
+    "clip": ("CLIPLoader", "clip_name", "text_encoders", "Load CLIP"),
+    "vae": ("VAELoader", "vae_name", "vae", "Load VAE"),
+}
+
+
+def _model_inputs() -> tuple[dict, dict]:
+    """The required ``model`` and the optional ``clip`` / ``vae`` inputs (all lazy: see the module doc)."""
+    required = {"model": (MODEL_TYPES, {"lazy": True, "tooltip":
+        "A Flash-GRPO model source, or the MODEL of Load Diffusion Model (UNETLoader; then connect Load CLIP "
+        "and Load VAE too). The backend loads the chosen files itself; ComfyUI does not load them for this node."})}
+    optional = {
+        "clip": ("CLIP", {"lazy": True, "tooltip": "With a MODEL input: Load CLIP (CLIPLoader, type wan) with the "
+                          "umt5_xxl text encoder; its file is loaded by the backend."}),
+        "vae": ("VAE", {"lazy": True, "tooltip": "With a MODEL input: Load VAE (VAELoader) with the Wan2.1 VAE; its "
+                        "file is loaded by the backend."}),
+    }
+    return required, optional
+
+
+def _linked(prompt: dict | None, node_id, name: str) -> tuple[str, int, dict] | None:
+    """``(source id, output index, source node)`` of input ``name`` of node ``node_id`` in the
+    prompt graph, or None when it is not linked."""
+    node = (prompt or {}).get(str(node_id)) or {}
+    value = (node.get("inputs") or {}).get(name)
+    if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt:
+        return str(value[0]), int(value[1]), prompt[str(value[0])]
+    return None
+
+
+def _output_used(prompt: dict | None, node_id, index: int) -> bool:
+    """Whether any node of the prompt graph takes output ``index`` of node ``node_id``."""
+    return any(isinstance(v, list) and len(v) == 2 and str(v[0]) == str(node_id) and v[1] == index
+               for node in (prompt or {}).values() for v in (node.get("inputs") or {}).values())
+
+
+def _model_value_needed(prompt: dict | None, node_id, model_output: int | None = None) -> bool:
+    """``check_lazy_status`` of the ``model`` input: evaluate it when it comes from a Flash-GRPO
+    model source, or from Load Diffusion Model when the node's MODEL output (``model_output``) is
+    used; never for another MODEL node (``_model_source`` refuses it without loading anything)."""
+    link = _linked(prompt, node_id, "model")
+    if link is None:
+        return True  # ComfyUI reports what is wrong with it
+    source = link[2].get("class_type")
+    if source == STOCK_LOADERS["model"][0]:
+        return model_output is not None and _output_used(prompt, node_id, model_output)
+    return source in NODE_CLASS_MAPPINGS
+
+
+def _comfy_files_model(diffusion_model: str, vae: str, text_encoder: str, config: str = "auto",
+                       device: str = "auto", dtype: str = "auto", gpus: int = 1) -> dict:
+    """The ``FLASH_MODEL`` of ComfyUI model files (names in ComfyUI's model lists): a manifest the
+    backend loads them from (``write_comfy_manifest``)."""
+    h = host.current()
+    for label, value in (("diffusion_model", diffusion_model), ("vae", vae), ("text_encoder", text_encoder)):
+        if value in ("", NO_FILE):
+            raise UserError(f"{label}: pick a file (ComfyUI's models folders list them).")
+    paths = [h.model_path(folder, name) for folder, name in (
+        ("diffusion_models", diffusion_model), ("vae", vae), ("text_encoders", text_encoder))]
+    # Named after the diffusion model and a hash of all three files and the config: another VAE or
+    # text encoder is another model value, so a finished run is not returned for it (finished_run).
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(diffusion_model).stem)
+    digest = hashlib.sha256(json.dumps([*map(str, paths), config]).encode()).hexdigest()[:8]
+    manifest = h.runs_dir("models") / f"{stem}-{digest}{COMFY_MODEL_SUFFIX}"
+    write_comfy_manifest(manifest, *paths, config=config)
+    return {"model": str(manifest), "device": device, "dtype": dtype, "gpus": int(gpus)}
+
+
+def _model_source(model, prompt: dict | None, node_id) -> dict:
+    """The ``FLASH_MODEL`` a trainer or sampler works on: its ``model`` input when that is a
+    Flash-GRPO model source, else the files chosen in the Load Diffusion Model, Load CLIP and Load
+    VAE nodes linked to it (read from the prompt graph; ``UserError`` naming the fix otherwise)."""
+    if isinstance(model, dict):
+        extra = [n for n in ("clip", "vae") if _linked(prompt, node_id, n)]
+        if extra:
+            raise UserError(f"{' and '.join(extra)}: used only with a MODEL from Load Diffusion Model; a Flash-GRPO "
+                            "model source brings its own text encoder and VAE. Disconnect them.")
+        return model
+    names = {}
+    for name, (cls, field, _folder, title) in STOCK_LOADERS.items():
+        link = _linked(prompt, node_id, name)
+        if link is None:
+            if name == "model":
+                raise UserError("model: connect a Flash-GRPO model source or Load Diffusion Model (UNETLoader).")
+            raise UserError(f"{name}: a MODEL from Load Diffusion Model needs {title} ({cls}) connected to {name} as "
+                            "well: the backend loads the umt5 text encoder and the Wan VAE files itself.")
+        src_id, _, src = link
+        if src.get("class_type") != cls:
+            raise UserError(
+                f"{name}: it comes from {src.get('class_type')} (node {src_id}), but it must come straight from "
+                f"{title} ({cls}). The backend loads the model files itself, so whatever a node in between "
+                "changes (a LoRA, a patch, a shift) would be lost: connect the loader directly, train on the "
+                "base model, and apply LoRAs to the result (the trainer's model or lora_name output).")
+        value = (src.get("inputs") or {}).get(field)
+        if not isinstance(value, str):
+            raise UserError(f"{title} (node {src_id}): choose its {field} on the node itself (not from a link).")
+        names[name] = value
+    return _comfy_files_model(names["model"], names["vae"], names["clip"])
 
 
 class FlashGRPOModelSource:
@@ -191,16 +305,7 @@ class FlashGRPOComfyModel:
     CATEGORY = CATEGORY
 
     def select(self, diffusion_model, vae, text_encoder, config, device, dtype, gpus):
-        h = host.current()
-        for label, value in (("diffusion_model", diffusion_model), ("vae", vae), ("text_encoder", text_encoder)):
-            if value in ("", NO_FILE):
-                raise UserError(f"{label}: pick a file (ComfyUI's models folders list them).")
-        paths = [h.model_path(folder, name) for folder, name in (
-            ("diffusion_models", diffusion_model), ("vae", vae), ("text_encoders", text_encoder))]
-        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(diffusion_model).stem)
-        manifest = h.runs_dir("models") / f"{stem}{COMFY_MODEL_SUFFIX}"
-        write_comfy_manifest(manifest, *paths, config=config)
-        return ({"model": str(manifest), "device": device, "dtype": dtype, "gpus": int(gpus)},)
+        return (_comfy_files_model(diffusion_model, vae, text_encoder, config, device, dtype, gpus),)
 
 
 class FlashGRPOPrompts:
@@ -299,12 +404,14 @@ class FlashGRPOGroupSampler:
 
     DESCRIPTION = ("Iso-temporal group sampling: each prompt's G videos share one SDE step k (the other steps "
                    "are deterministic ODE steps). Outputs one IMAGE [frames,H,W,C] per video, for Preview "
-                   "Image / Create Video, and the prompt of each video for the reward scorer.")
+                   "Image / Create Video, and the prompt of each video for the reward scorer. With lora_name "
+                   "(e.g. the trainer's output) it samples with that LoRA at lora_strength. Runs in the backend.")
 
     @classmethod
     def INPUT_TYPES(cls):
+        model, model_files = _model_inputs()
         return {"required": {
-            "model": ("FLASH_MODEL", {"tooltip": "From a Flash-GRPO model source."}),
+            **model,
             "prompts": ("FLASH_PROMPTS", {"tooltip": "From Flash-GRPO Prompts; the first num_prompts are sampled."}),
             "num_prompts": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "How many prompts of the set to sample."}),
             "group_size": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": "Videos per prompt (G)."}),
@@ -318,7 +425,13 @@ class FlashGRPOGroupSampler:
         }, "optional": {
             "config_overrides": ("STRING", {"multiline": True, "default": "{}", "tooltip":
                 "Any other config field as JSON, e.g. {\"sampling_steps\": 20, \"height\": 480}."}),
-        }}
+            "lora_name": ([NO_FILE] + list(host.current().model_files("loras")), {"default": NO_FILE, "tooltip":
+                "An aligned LoRA to sample with (models/loras; link the trainer's lora_name here to generate "
+                "with what it trained); 'none' = the base model."}),
+            "lora_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05, "tooltip":
+                "Strength of lora_name (1 = as trained; 0 = the base model's videos)."}),
+            **model_files,
+        }, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ("IMAGE", "STRING", "INT", "STRING")
     RETURN_NAMES = ("videos", "prompts", "group_size", "info")
@@ -329,15 +442,29 @@ class FlashGRPOGroupSampler:
     FUNCTION = "sample"
     CATEGORY = CATEGORY
 
-    def sample(self, model, prompts, num_prompts, group_size, preset, iteration, seed, config_overrides="{}"):
+    @classmethod
+    def IS_CHANGED(cls, lora_name=None, **_):
+        """Size and time of the LoRA file (a LoRA republished under the same name samples again)."""
+        return FlashGRPOLoraLoader.IS_CHANGED(lora_name=lora_name) if lora_name not in (None, NO_FILE) else ""
+
+    def check_lazy_status(self, model=None, prompt=None, unique_id=None, **_):
+        return ["model"] if model is None and _model_value_needed(prompt, unique_id) else []
+
+    def sample(self, model, prompts, num_prompts, group_size, preset, iteration, seed, config_overrides="{}",
+               lora_name=NO_FILE, lora_strength=1.0, clip=None, vae=None, prompt=None, unique_id=None):
+        model = _model_source(model, prompt, unique_id)
         chosen = _prompt_list(prompts)[: int(num_prompts)]
         values = {"model": model["model"], "device": model["device"], "dtype": model["dtype"],
                   "group_size": int(group_size), "seed": int(seed), "rewards": [{"name": "brightness", "weight": 1.0}]}
         values.update(_json_object(config_overrides, "config_overrides"))
         cfg = FlashGRPOConfig.from_dict(values, preset=preset)
         h = host.current()
+        lora = None
+        if lora_name and lora_name != NO_FILE:
+            lora = {"path": str(h.model_path("loras", lora_name)), "strength": float(lora_strength)}
         try:
-            out = _runner(model["gpus"]).sample(cfg, chosen, iteration=int(iteration), should_stop=h.interrupted)
+            out = _runner(model["gpus"]).sample(cfg, chosen, iteration=int(iteration), should_stop=h.interrupted,
+                                                lora=lora)
         except JobAbandoned as exc:
             h.cancelled(exc)
             raise
@@ -346,7 +473,11 @@ class FlashGRPOGroupSampler:
         steps = [int(k) for k in out.steps] if out.steps is not None else None
         info = {"steps": steps, "prompts": chosen, "seed": int(seed), "iteration": int(iteration),
                 "group_size": int(group_size)}
+        if lora:
+            info["lora"] = {"name": lora_name, "strength": lora["strength"]}
         text = [f"{p[:40]!r}: step k={k}" for p, k in zip(chosen, steps or [None] * len(chosen))]
+        if lora:
+            text.append(f"LoRA {lora_name} at strength {lora['strength']:g}")
         return {"ui": {"text": text}, "result": (videos, per_video, int(group_size), json.dumps(info))}
 
 
@@ -458,8 +589,11 @@ class FlashGRPORewardScorer:
 def compact_event(event: dict) -> dict:
     """The part of a run event the web chart needs (numbers only, small)."""
     keys = ("event", "iteration", "iterations", "reward_mean", "reward_std", "loss", "grad_norm",
-            "clip_frac", "approx_kl", "kl", "groups_with_signal", "run_dir", "lora", "iterations_done", "cancelled")
+            "clip_frac", "approx_kl", "kl", "groups_with_signal", "run_dir", "lora", "iterations_done", "cancelled",
+            "eval_reward_mean")
     out = {k: event[k] for k in keys if k in event}
+    if event.get("event") == "preview" and event.get("path"):
+        out["file"] = Path(event["path"]).name  # served by GET /flash_grpo/runs/{run}/samples/{file}
     if isinstance(event.get("seconds"), dict):
         out["seconds"] = event["seconds"].get("total")
     return out
@@ -472,14 +606,20 @@ class FlashGRPOTrainer:
                    "directory with checkpoints, events, sample videos, a reward curve and the LoRA; in ComfyUI "
                    "the LoRA appears in the LoRA loaders' lists (flash_grpo/<run>.safetensors) and the lora_name "
                    "output links to their lora_name; the before/after sheet and the reward curve are IMAGE "
-                   "outputs. Queueing a finished run again with the same settings returns it without training. "
+                   "outputs. Given the MODEL of Load Diffusion Model (with Load CLIP and Load VAE), the backend "
+                   "trains on those files and the model output is that MODEL with the trained LoRA applied. "
+                   "Queueing a finished run again with the same settings returns it without training. "
                    "Cancel keeps the checkpoint: queue again with resume on and the same run_name to continue.")
+
+    MODEL_OUTPUT = 5  # index of the MODEL output (the input MODEL with the LoRA applied)
+    LORA_OUTPUT = 6
 
     @classmethod
     def INPUT_TYPES(cls):
+        model, model_files = _model_inputs()
         return {
             "required": {
-                "model": ("FLASH_MODEL", {"tooltip": "From a Flash-GRPO model source."}),
+                **model,
                 "prompts": ("FLASH_PROMPTS", {"tooltip": "From Flash-GRPO Prompts."}),
                 "reward": ("FLASH_REWARD", {"tooltip": "From Flash-GRPO Reward (chain several to sum)."}),
                 "preset": (list(PRESETS), {"default": "flash_grpo_wan2.1_1.3b", "tooltip":
@@ -507,26 +647,44 @@ class FlashGRPOTrainer:
             "optional": {
                 "config_overrides": ("STRING", {"multiline": True, "default": "{}", "tooltip":
                     "Any other config field as JSON, e.g. {\"kl_beta\": 0.004, \"sampling_steps\": 20}."}),
+                "preview_every": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip":
+                    "Every N iterations sample the first held-out prompts and show them on this node while it "
+                    "trains (animated, with the progress bar's preview frame); 0 = off. Costs one held-out "
+                    "sampling (and scoring) each time."}),
+                **model_files,
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
-    RETURN_TYPES = (LORA_LIST, "STRING", "STRING", "IMAGE", "IMAGE")
-    RETURN_NAMES = ("lora_name", "run_dir", "metrics", "before_after", "reward_curve")
+    RETURN_TYPES = (LORA_LIST, "STRING", "STRING", "IMAGE", "IMAGE", "MODEL", "LORA_MODEL")
+    RETURN_NAMES = ("lora_name", "run_dir", "metrics", "before_after", "reward_curve", "model", "lora")
     OUTPUT_TOOLTIPS = ("The LoRA's name in ComfyUI's loras folder (flash_grpo/<run>.safetensors; a path headless): "
                        "connect it to the lora_name of LoraLoader, LoraLoaderModelOnly or the Aligned LoRA Loader.",
                        "The run directory (checkpoints, events.jsonl, samples, reward curve).",
                        "JSON summary: reward first/last, before/after evaluation.",
                        "The held-out prompts' videos before and after training, side by side (black if "
                        "no prompt was held out).",
-                       "The reward curve of the run.")
+                       "The reward curve of the run.",
+                       "The MODEL input (from Load Diffusion Model) with the trained LoRA applied at strength 1, "
+                       "as ComfyUI's Train LoRA outputs it; needs a MODEL input.",
+                       "The trained LoRA's weights (ComfyUI's LORA_MODEL, for Load LoRA Model).")
     OUTPUT_NODE = True
     FUNCTION = "train"
     CATEGORY = CATEGORY
 
+    def check_lazy_status(self, model=None, prompt=None, unique_id=None, **_):
+        return ["model"] if model is None and _model_value_needed(prompt, unique_id, self.MODEL_OUTPUT) else []
+
     def train(self, model, prompts, reward, preset, strategy, iterations, prompts_per_iteration,
               group_size, learning_rate, lora_rank, seed, run_name, resume, config_overrides="{}",
-              unique_id=None):
+              preview_every=0, clip=None, vae=None, prompt=None, unique_id=None):
+        comfy_model = None if isinstance(model, dict) else model  # ComfyUI's MODEL, when it was evaluated
+        want_model = _output_used(prompt, unique_id, self.MODEL_OUTPUT)
+        if want_model and comfy_model is None:
+            raise UserError("the model output (the MODEL with the trained LoRA) needs the model input from Load "
+                            "Diffusion Model (UNETLoader). With a Flash-GRPO model source, connect lora_name to "
+                            "the Aligned LoRA Loader or the group sampler's lora_name instead.")
+        model = _model_source(model, prompt, unique_id)
         overrides = _json_object(config_overrides, "config_overrides")
         values = {
             "model": model["model"], "device": model["device"], "dtype": model["dtype"],
@@ -535,6 +693,7 @@ class FlashGRPOTrainer:
             "iterations": iterations, "prompts_per_iteration": prompts_per_iteration,
             "group_size": group_size, "learning_rate": learning_rate, "lora_rank": lora_rank,
             "lora_alpha": 2.0 * lora_rank, "seed": seed, "run_name": run_name.strip(),
+            "preview_every": int(preview_every),
         }
         values.update(overrides)
         cfg = FlashGRPOConfig.from_dict(values, preset=preset)
@@ -559,11 +718,17 @@ class FlashGRPOTrainer:
         metrics = json.dumps(result.summary, sort_keys=True)
         text = f"{result.iterations_done}/{cfg.iterations} iterations, LoRA {lora_name}{note}"
         pngs = [Path(result.run_dir) / "samples" / "before_after.png", Path(result.run_dir) / "reward_curve.png"]
+        webp = Path(result.run_dir) / "samples" / "before_after.webp"  # the held-out videos, animated
         ui = {"text": [text], "flash_grpo_run": [run]}
-        images = [h.temp_image(p.read_bytes(), "flash_grpo_run") for p in pngs if p.is_file()]
-        if any(images):
-            ui["images"] = [i for i in images if i]
-        return {"ui": ui, "result": (lora_name, str(result.run_dir), metrics, *(_png_as_image(p) for p in pngs))}
+        images = [h.file_image(webp)] if webp.is_file() else []
+        images = [i for i in images + [h.temp_image(p.read_bytes(), "flash_grpo_run") for p in pngs if p.is_file()] if i]
+        if images:
+            ui["images"] = images
+            ui["animated"] = (webp.is_file(),)  # the front end then shows them as <img>, which animates WebP
+        patched = h.apply_lora(comfy_model, result.lora_path, 1.0) if want_model else None
+        lora_sd = _read_lora(result.lora_path) if _output_used(prompt, unique_id, self.LORA_OUTPUT) else None
+        return {"ui": ui, "result": (lora_name, str(result.run_dir), metrics, *(_png_as_image(p) for p in pngs),
+                                     patched, lora_sd)}
 
     @staticmethod
     def _run(h, cfg, run, gpus, resume, unique_id):
@@ -571,6 +736,11 @@ class FlashGRPOTrainer:
 
         def on_event(e: dict) -> None:
             h.event(run, compact_event(e))
+            if e.get("event") == "preview":
+                try:
+                    h.preview(unique_id, e, cfg.iterations)
+                except Exception as exc:  # as for progress: ComfyUI's interrupt can surface here
+                    stop_requested.append(exc)
             if e.get("event") == "iteration":
                 try:
                     h.progress(unique_id, e.get("iteration", 0) + 1, cfg.iterations, e)
@@ -609,6 +779,13 @@ def finished_run(cfg: FlashGRPOConfig) -> RunResult | None:
             or summary.get("iterations_done") != cfg.iterations or not lora.is_file()):
         return None
     return RunResult(run_dir, lora, cfg.iterations, False, summary)
+
+
+def _read_lora(path) -> dict | None:
+    """A LoRA file's tensors (ComfyUI's LORA_MODEL: what Load LoRA Model applies)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path)) if path else None
 
 
 def _png_as_image(path: Path):

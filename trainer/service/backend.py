@@ -145,7 +145,7 @@ class Job:
 JOB_KINDS = ("train", "sample", "score")
 JOB_FIELDS = {  # field -> required, per job kind
     "train": {"config": True, "resume": False},
-    "sample": {"config": True, "prompts": True, "iteration": False, "transport": False},
+    "sample": {"config": True, "prompts": True, "iteration": False, "transport": False, "lora": False},
     "score": {"rewards": True, "videos": True, "prompts": True, "group_size": True, "std_mode": False, "clip": False},
 }
 STD_MODES = ("group", "global")
@@ -191,6 +191,13 @@ def check_job(body, blobs: BlobStore | None = None) -> tuple[str, dict]:
         raise BadRequest(f"iteration: must be an integer >= 0, not {body['iteration']!r}")
     if body.get("transport", "file") not in TRANSPORTS:
         raise BadRequest(f"transport: must be one of {', '.join(TRANSPORTS)}, not {body['transport']!r}")
+    if "lora" in body:
+        lora = body["lora"]
+        if not (isinstance(lora, dict) and set(lora) <= {"path", "strength"} and isinstance(lora.get("path"), str)
+                and isinstance(lora.get("strength", 1.0), (int, float)) and not isinstance(lora.get("strength"), bool)):
+            raise BadRequest('lora: must be {"path": "<absolute path of an aligned LoRA file>", "strength": number}')
+        if not (os.path.isabs(lora["path"]) and os.path.isfile(lora["path"])):
+            raise BadRequest(f"lora: {lora['path']!r} is not an existing file (an absolute path)")
     prompts = body.get("prompts", [""])
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise BadRequest("prompts: must be a non-empty list of strings")
@@ -257,7 +264,7 @@ def _run_command(command: dict, runner: LocalRunner, should_stop, on_event, blob
         parts: list[torch.Tensor] = []
         with contextlib.nullcontext() if inline else blobs.writer(shape) as writer:
             out = runner.sample_videos(cfg, command["prompts"], command.get("iteration", 0),
-                                       parts.append if inline else writer.write)
+                                       parts.append if inline else writer.write, lora=command.get("lora"))
         if blobs is None:
             return None
         videos = encode_array(torch.cat(parts)) if inline else writer.ref

@@ -85,11 +85,12 @@ class Runner(Protocol):
         ...
 
     def sample(self, cfg: FlashGRPOConfig, prompts: list[str], iteration: int = 0,
-               should_stop: Callable[[], bool] = lambda: False) -> SampleResult:
+               should_stop: Callable[[], bool] = lambda: False, lora: dict | None = None) -> SampleResult:
         """Iso-temporal group sampling: ``cfg.group_size`` videos per prompt, exactly as the
         training rollout of ``iteration`` draws them (step plan and noise from ``cfg.seed``).
-        ``should_stop``: the backend runner stops waiting and raises ``JobAbandoned``; the local
-        runner runs to the end."""
+        ``lora``: ``{"path": aligned LoRA file (absolute), "strength": float}`` to sample with a
+        trained LoRA (strength 0 = the base model). ``should_stop``: the backend runner stops
+        waiting and raises ``JobAbandoned``; the local runner runs to the end."""
         ...
 
     def score(self, reward_specs: list, videos, prompts: list[str], group_size: int,
@@ -161,14 +162,14 @@ class LocalRunner:
             raise RunCancelled(result)
         return result
 
-    def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False) -> SampleResult:
+    def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False, lora=None) -> SampleResult:
         parts: list[torch.Tensor] = []
-        out = self.sample_videos(cfg, prompts, iteration, parts.append)
+        out = self.sample_videos(cfg, prompts, iteration, parts.append, lora=lora)
         out.videos = torch.cat(parts).float() / 255.0 if parts else None
         return out
 
     def sample_videos(self, cfg: FlashGRPOConfig, prompts: list[str], iteration: int,
-                      consume: Callable[[torch.Tensor], None]) -> SampleResult:
+                      consume: Callable[[torch.Tensor], None], lora: dict | None = None) -> SampleResult:
         """``sample`` with the videos as uint8 ``[n, T, H, W, 3]`` chunks passed to ``consume`` in
         global sample order, on rank 0 only (the result's ``videos`` is None). Each process decodes
         its own groups (rank order is prompt order); rank 0 hands its own on chunk by chunk as it
@@ -176,7 +177,8 @@ class LocalRunner:
         prompts = list(prompts)
         cfg = FlashGRPOConfig.from_dict({**cfg.to_dict(), "prompts": prompts, "prompt_file": "",
                                          "eval_prompts": 0, "prompts_per_iteration": len(prompts)})
-        recipe = FlashGRPORecipe(cfg, pipeline=self.warm_pipeline(cfg))
+        lora_file = (str(lora["path"]), float(lora.get("strength", 1.0))) if lora else None
+        recipe = FlashGRPORecipe(cfg, pipeline=self.warm_pipeline(cfg), lora_file=lora_file)
         try:
             batch = recipe.setup(training=False).rollout_phase(iteration, prompts_global=prompts)
             if recipe.dist.is_main:
@@ -241,11 +243,13 @@ class BackendRunner:
             raise RunCancelled(result)
         return result
 
-    def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False) -> SampleResult:
+    def sample(self, cfg, prompts, iteration=0, should_stop=lambda: False, lora=None) -> SampleResult:
         client = self.connection()
-        out = client.run_job("sample", {"config": cfg.with_absolute_paths().to_dict(), "prompts": list(prompts),
-                                        "iteration": int(iteration), "transport": client.transport()},
-                             should_stop=should_stop)
+        job = {"config": cfg.with_absolute_paths().to_dict(), "prompts": list(prompts),
+               "iteration": int(iteration), "transport": client.transport()}
+        if lora:
+            job["lora"] = {"path": str(Path(lora["path"]).absolute()), "strength": float(lora.get("strength", 1.0))}
+        out = client.run_job("sample", job, should_stop=should_stop)
         videos = client.take_videos(out["videos"]).float() / 255.0  # travels as uint8
         return SampleResult(videos=videos, steps=out["steps"], prompts=out["prompts"], seed=out["seed"])
 
