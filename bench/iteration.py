@@ -262,6 +262,25 @@ def bench_vs_diffusers(args) -> dict:
     }
 
 
+FULL_TRAJECTORY = "flow_grpo"
+
+
+def against_full_trajectory(strategies: dict) -> dict:
+    """How many times cheaper each strategy's iteration is than ``flow_grpo``'s (full trajectory):
+    ``flow_grpo / strategy`` of the transformer-only time (rollout + update), measured and
+    predicted by the pass count, and of the whole iteration (reward phase included)."""
+    full = strategies[FULL_TRAJECTORY]
+    out = {}
+    for name, r in strategies.items():
+        mr, pr = r["measured_ratio"], r["predicted_ratio"]
+        out[name] = {
+            "transformer_only_measured": ratio(full["measured_ratio"]["transformer_only"], mr["transformer_only"]),
+            "transformer_only_predicted": ratio(full["predicted_ratio"]["total"], pr["total"]),
+            "total_measured": ratio(full["measured_ratio"]["total"], mr["total"]),
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------ output ----
 def print_report(result: dict) -> None:
     m, s = result["machine"], result["settings"]
@@ -283,6 +302,11 @@ def print_report(result: dict) -> None:
                         (("total", 16), ("rollout", 14), ("update", 14), ("transformer_only", 16)))
         print(f"{name:<13}{sec['rollout']:>10.3f}{sec['reward']:>10.3f}{sec['update']:>10.3f}"
               f"{sec['total']:>9.3f}{cells}")
+    print(f"\nx cheaper than {FULL_TRAJECTORY} (full trajectory = 1): transformer-only measured / predicted, "
+          "whole iteration measured")
+    for name, r in result["vs_full_trajectory"].items():
+        print(f"  {name:<13}{r['transformer_only_measured']:>6.2f} / {r['transformer_only_predicted']:<6.2f}"
+              f"{r['total_measured']:>8.2f}")
     print("\npred = ratio of transformer passes per sample from trainer.engine.strategies.expected_passes.")
     print("The reward phase (VAE decode + score) is not a transformer pass and is outside the "
           "prediction:\n'transf.-only' = measured (rollout + update) against the predicted total.")
@@ -325,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory(prefix="bench-iteration-") as workdir:
         result["strategies"] = bench_strategies(args, workdir)
+    result["vs_full_trajectory"] = against_full_trajectory(result["strategies"])
     result["vs_diffusers"] = bench_vs_diffusers(args)
     print_report(result)
     if args.json:

@@ -59,6 +59,17 @@ def test_bench_iteration_json(tmp_path):
     for name in ("flash", "flow_grpo"):
         assert rows[name]["rollout_passes_counted"] == [rows[name]["expected_passes"]["rollout"]]
 
+    # how many times cheaper than the full trajectory: the same ratios, inverted against flow_grpo
+    full = data["vs_full_trajectory"]
+    assert set(full) == set(EXPECTED_ROWS) and "cheaper than flow_grpo" in proc.stdout
+    for name, r in full.items():
+        assert math.isclose(r["transformer_only_predicted"],
+                            rows["flow_grpo"]["predicted_ratio"]["total"] / rows[name]["predicted_ratio"]["total"])
+        assert math.isclose(r["transformer_only_measured"], rows["flow_grpo"]["measured_ratio"]["transformer_only"]
+                            / rows[name]["measured_ratio"]["transformer_only"])
+    assert full["flow_grpo"]["total_measured"] == 1.0
+    assert full["flash_cheap"]["transformer_only_predicted"] > full["flash"]["transformer_only_predicted"] > 1
+
     d = data["vs_diffusers"]
     assert d["ours_s"] > 0 and d["diffusers_s"] > 0 and d["ratio"] > 0
     assert math.isclose(d["ratio"], d["ours_s"] / d["diffusers_s"])

@@ -69,3 +69,26 @@ def test_training_encodes_prompts_like_the_engine():
                                        max_sequence_length=toy_model.MAX_SEQUENCE_LENGTH, device=torch.device("cpu"))
     assert torch.equal(ours, engine)
     assert ours[0, 15:].abs().sum() == 0 and ours[0, :15].abs().sum() > 0  # 14 words + </s>, zero-padded
+
+
+def test_foreground_mask_marks_the_object_cells():
+    """The loss weighting's mask: the object's latent cells, none of a plain background, more for
+    a large object than a small one, and it follows the object across latent frames."""
+    from trainer.toy.vae import encoder_means
+
+    vae = load_pipeline("toy").vae
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    base = {"colour": "red", "shape": "square", "position": "center", "direction": "right", "speed": "fast",
+            "background": "gray"}
+    attrs = [{**base, "size": "small"}, {**base, "size": "large"}]
+    videos = toy_world.render(attrs, g=torch.Generator().manual_seed(0))
+    plain = torch.full_like(videos[:1], 0.0)  # a gray frame, no object
+    z = (encoder_means(vae, torch.cat([videos, plain])) - mean) / std
+    mask = toy_model.foreground_mask(z)  # [3, 1, 3, 16, 16]
+    small, large, empty = mask.sum(dim=(1, 3, 4))  # cells per latent frame
+    assert empty.sum() == 0
+    assert (small > 0).all() and (large > 2 * small).all()
+    xs = torch.arange(16.0)
+    centre_x = (mask[1, 0] * xs).sum(dim=(1, 2)) / mask[1, 0].sum(dim=(1, 2))
+    assert centre_x[0] < centre_x[1] < centre_x[2]  # moving right
