@@ -410,3 +410,19 @@ def predict(recipe):
     x = torch.randn(2, *recipe.latent_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return predict_velocity(recipe.transformer, x, torch.tensor(0.5), recipe.conditioning(["a", "b"]))
+
+
+def test_eval_samples_average_the_held_out_score_over_initial_noises(tmp_path):
+    """eval_samples=3: each held-out prompt's score is the mean over three ODE samples from three
+    initial noises (none of them a training iteration's), the readings and videos are the first's."""
+    cfg = tiny_cfg(tmp_path, eval_prompts=2, eval_samples=3, prompts=["a red cat", "a blue dog", "a green car"])
+    recipe = FlashGRPORecipe(cfg).setup()
+    out = recipe._write_samples("before")
+    prompts = recipe.prompts.eval
+    draws = [recipe.reward_fn(recipe.sample(prompts, draw=d), prompts).scores for d in range(3)]
+    assert not torch.equal(draws[0], draws[1])  # other noise, other videos
+    assert torch.allclose(torch.tensor(out["eval_rewards"]), torch.stack(draws).mean(0))
+    assert out["eval_samples"] == 3
+    assert torch.allclose(recipe.sample(prompts), recipe.sample(prompts, draw=0))
+    with pytest.raises(Exception, match="eval_samples=0"):
+        tiny_cfg(tmp_path, eval_samples=0).validate()

@@ -170,6 +170,9 @@ class FlashGRPOConfig:
     prompts: list = _f([], "Training prompts (used when prompt_file is empty).")
     prompt_file: str = _f("", "Text file with one prompt per line (blank lines and # comments skipped).")
     eval_prompts: int = _f(2, "Prompts held out for evaluation and before/after videos.")
+    eval_samples: int = _f(1, "ODE samples per held-out prompt, each from its own initial noise: a prompt's "
+                           "held-out score is their mean (one sample's score flips with small changes of "
+                           "the model); the videos show the first.")
     # --- run ----------------------------------------------------------------------------------
     seed: int = _f(0, "Seed of everything: model init (tiny), LoRA init, prompt order, steps k, noise, minibatches "
                   "(streams of trainer.seeding).")
@@ -260,6 +263,7 @@ class FlashGRPOConfig:
         need(self.checkpoint_every >= 1, f"checkpoint_every={self.checkpoint_every}: must be >= 1")
         need(self.preview_every >= 0, f"preview_every={self.preview_every}: must be >= 0 (0 = off)")
         need(self.eval_prompts >= 0, f"eval_prompts={self.eval_prompts}: must be >= 0")
+        need(self.eval_samples >= 1, f"eval_samples={self.eval_samples}: must be >= 1")
         need(isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2
              and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.adam_betas),
              f"adam_betas={self.adam_betas}: must be a list of two numbers in [0, 1), e.g. [0.9, 0.999]")

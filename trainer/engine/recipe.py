@@ -695,9 +695,10 @@ class FlashGRPORecipe:
 
     @torch.no_grad()
     def sample(self, prompts: list[str], steps: int | None = None, seed: int | None = None,
-               lora: bool = True) -> torch.Tensor:
+               lora: bool = True, draw: int = 0) -> torch.Tensor:
         """Deterministic ODE samples (one per prompt) as float videos ``[n, T, H, W, 3]`` in 0..1
-        (decoded to uint8 chunk by chunk, then divided by 255)."""
+        (decoded to uint8 chunk by chunk, then divided by 255). ``draw``: which initial noise (the
+        noise streams of iterations -1, -2, ...: never a training iteration's)."""
         steps = steps or self.cfg.eval_sampling_steps
         seed = self.cfg.seed if seed is None else seed
         sigmas = sde_math.sigma_grid(steps, self.cfg.shift).float()
@@ -708,7 +709,7 @@ class FlashGRPORecipe:
         with ctx:
             res = rollout(
                 self.transformer, plan, sigmas, torch.zeros(steps), self.conditioning(prompts),
-                self.latent_shape, lambda i, j, shape: sample_noise(seed, -1, i, j, shape, self.device),
+                self.latent_shape, lambda i, j, shape: sample_noise(seed, -1 - draw, i, j, shape, self.device),
                 device=self.device, dtype=self.dtype, chunk=self.rollout_batch,
             )
         return self.decode(res.latents).float() / 255.0
@@ -972,6 +973,15 @@ class FlashGRPORecipe:
                 f"{self.checkpoint_path}{lost}. Fix the cause, then resume with --resume (resume=true).")
 
     # ------------------------------------------------------------------------------ loop ----
+    def _evaluate(self, prompts: list[str], lora: bool = True):
+        """The first sample's videos and reward output, and each prompt's mean score over
+        ``eval_samples`` samples."""
+        videos = self.sample(prompts, lora=lora)
+        scored = self.reward_fn(videos, prompts)
+        scores = [scored.scores] + [self.reward_fn(self.sample(prompts, lora=lora, draw=d), prompts).scores
+                                    for d in range(1, self.cfg.eval_samples)]
+        return videos, scored, torch.stack(scores).mean(0)
+
     def _write_samples(self, tag: str) -> dict:
         """Before/after videos of the held-out prompts, and their reward.
 
@@ -981,14 +991,12 @@ class FlashGRPORecipe:
         if not self.prompts.eval:
             return {}
         with self.ema_weights() if tag == "after" else contextlib.nullcontext():
-            videos = self.sample(self.prompts.eval)
-        scored = self.reward_fn(videos, self.prompts.eval)
-        scores = scored.scores
+            videos, scored, scores = self._evaluate(self.prompts.eval)
         if self.cfg.sample_videos:
             self._samples[tag] = (_as_uint8(videos), scores.tolist())  # uint8: 4x less kept in memory
             if tag == "after" and "before" not in self._samples:
-                base = self.sample(self.prompts.eval, lora=False)  # on every rank: FSDP gathers weights
-                self._samples["before"] = (_as_uint8(base), self.reward_fn(base, self.prompts.eval).scores.tolist())
+                base, _, base_scores = self._evaluate(self.prompts.eval, lora=False)  # on every rank: FSDP gathers
+                self._samples["before"] = (_as_uint8(base), base_scores.tolist())
         if self.dist.is_main and self.cfg.sample_videos:
             for i, v in enumerate(self._samples[tag][0]):
                 write_mp4(self.run_dir / "samples" / f"{tag}_{i:02d}.mp4", v, fps=self.cfg.fps)
@@ -997,9 +1005,10 @@ class FlashGRPORecipe:
                 write_before_after(self.run_dir / "samples" / "before_after.png", self.prompts.eval, v0, v1, s0, s1)
                 n = min(len(v0), PREVIEW_PROMPTS)  # the same videos, animated: before (top), after
                 write_animation(self.run_dir / "samples" / "before_after.webp", [v0[:n], v1[:n]], fps=self.cfg.fps)
-        out = {"eval_reward_mean": float(scores.mean()), "eval_rewards": scores.tolist()}
+        out = {"eval_reward_mean": float(scores.mean()), "eval_rewards": scores.tolist(),
+               "eval_samples": self.cfg.eval_samples}
         if scored.readings is not None:
-            out["eval_readings"] = scored.readings
+            out["eval_readings"] = scored.readings  # the first sample's, the one the videos show
         return out
 
     def _write_preview(self, done: int) -> dict | None:
