@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   - aligns the shipped toy Wan model with Flash-GRPO on CPU (workflows/demo.json)
+#   make demo   - trains a Flash-GRPO LoRA on the shipped toy Wan model on CPU (workflows/demo.json)
 #   make test   - lints (ruff) and runs the test suite
 # Both create .venv and install what they need. torch is not in requirements.txt (ComfyUI brings its
 # own), so it is installed first: the CPU build ($(TORCH_CPU)) on a machine without an NVIDIA GPU,

@@ -25,7 +25,7 @@ folder (``model_index.json``, ``transformer/``, ``text_encoder/``, ``tokenizer/`
    latent cells of the object (``foreground_mask``) and 1 elsewhere: the object covers 2-12 % of
    a clip, so with a plain mean the loss is mostly background, and the model learned colours and
    layout but not motion (direction at chance after 4000 steps; measured in a world where only
-   direction and speed varied: chance after 800 steps unweighted, 1.00 after 1200 with weight 10).
+   direction and speed varied: chance after 800-2000 steps unweighted, 1.00 after 1600 with weight 10).
 5. **Report**: caption-following rates per attribute: deterministic ODE samples of held-out
    captions (the engine's own sampler, ``FlashGRPORecipe.sample``) read by
    ``trainer.toy.world.read_attributes``, against chance ``1 / choices``; written to
@@ -146,18 +146,10 @@ def foreground_mask(x0: torch.Tensor) -> torch.Tensor:
     return ((x0 - background).norm(dim=1, keepdim=True) > FOREGROUND_THRESHOLD).float()
 
 
-def motion_mask(x0: torch.Tensor) -> torch.Tensor:
-    """``[n, 1, f, h, w]`` 1.0 on the latent cells that change between consecutive latent frames
-    (the moving object's leading and trailing edges), the same threshold as ``foreground_mask``;
-    frame 0 takes frame 1's cells."""
-    change = (x0[:, :, 1:] - x0[:, :, :-1]).norm(dim=1, keepdim=True) > FOREGROUND_THRESHOLD
-    return torch.cat([change[:, :, :1], change], dim=2).float()
-
-
 def train(pipe, latents: torch.Tensor, captions: list[str], steps: int, batch_size: int = 64,
           lr: float = 2e-3, shift: float = 3.0, drop: float = 0.1, ema_decay: float = 0.995,
-          fg_weight: float = 10.0, motion_weight: float = 0.0, seed: int = 0, log_every: int = 100,
-          on_eval=None, eval_every: int = 0) -> dict:
+          fg_weight: float = 10.0, seed: int = 0, log_every: int = 100, on_eval=None,
+          eval_every: int = 0) -> dict:
     """Flow-matching training of ``pipe.transformer`` and ``pipe.text_encoder`` in place.
 
     Returns the EMA state dicts ``{"transformer": ..., "text_encoder": ...}`` (not yet loaded).
@@ -187,7 +179,7 @@ def train(pipe, latents: torch.Tensor, captions: list[str], steps: int, batch_si
         xt = (1 - s) * x0 + s * noise
         emb = pipe._get_t5_prompt_embeds(prompts, max_sequence_length=MAX_SEQUENCE_LENGTH, device=torch.device("cpu"))
         pred = pipe.transformer(xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
-        weight = 1.0 + fg_weight * foreground_mask(x0) + motion_weight * motion_mask(x0)
+        weight = 1.0 + fg_weight * foreground_mask(x0)
         loss = ((pred - (noise - x0)).square() * weight).mean() / weight.mean()
         scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
@@ -272,8 +264,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--fg-weight", type=float, default=10.0,
                         help="extra loss weight on the object's latent cells (foreground_mask)")
-    parser.add_argument("--motion-weight", type=float, default=0.0,
-                        help="extra loss weight on the cells that change between latent frames (motion_mask)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed for determinism)")
     parser.add_argument("--vae", type=Path, default=None, help="reuse this trained toy VAE folder instead of training one")
@@ -313,8 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("step %d caption following: %s", step, _format_rates(report))
 
     ema = train(pipe, latents, captions, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                fg_weight=args.fg_weight, motion_weight=args.motion_weight, on_eval=evaluate,
-                eval_every=args.eval_every)
+                fg_weight=args.fg_weight, on_eval=evaluate, eval_every=args.eval_every)
     pipe.transformer.load_state_dict(ema["transformer"])
     pipe.text_encoder.load_state_dict(ema["text_encoder"])
     train_seconds = time.perf_counter() - start
@@ -324,8 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     report = caption_following(str(tmp), n=args.report_samples)
     report.update(train_seconds=round(train_seconds), clips=args.clips, train_steps=args.steps, seed=args.seed,
-                  batch_size=args.batch_size, lr=args.lr, fg_weight=args.fg_weight,
-                  motion_weight=args.motion_weight, threads=args.threads,
+                  batch_size=args.batch_size, lr=args.lr, fg_weight=args.fg_weight, threads=args.threads,
                   vae_steps=args.vae_steps)
     (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     shutil.rmtree(args.out, ignore_errors=True)
