@@ -9,6 +9,7 @@ from trainer.engine.config import FlashGRPOConfig
 from trainer.engine.recipe import FlashGRPORecipe, sample_noise
 from trainer.engine.rollout import rollout, transition_log_prob
 from trainer.engine.strategies import StepPlan, expected_passes, make_plan, mix_window
+from trainer.errors import UserError
 
 
 def tiny_cfg(tmp_path, **kw):
@@ -235,7 +236,6 @@ def test_decode_gives_uint8_videos_by_the_reference_formula_in_any_chunking(reci
     # A VAE that decodes to NaN (e.g. a file with broken weights) stops with the cause, not black videos.
     with torch.no_grad():
         vae.decoder.conv_in.weight[0].fill_(float("nan"))
-    from trainer.errors import UserError
 
     with pytest.raises(UserError, match="the decoded videos hold NaN or Inf"):
         recipe.decode(latents)
@@ -424,5 +424,5 @@ def test_eval_samples_average_the_held_out_score_over_initial_noises(tmp_path):
     assert torch.allclose(torch.tensor(out["eval_rewards"]), torch.stack(draws).mean(0))
     assert out["eval_samples"] == 3
     assert torch.allclose(recipe.sample(prompts), recipe.sample(prompts, draw=0))
-    with pytest.raises(Exception, match="eval_samples=0"):
+    with pytest.raises(UserError, match="eval_samples=0"):
         tiny_cfg(tmp_path, eval_samples=0).validate()
