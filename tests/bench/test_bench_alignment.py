@@ -68,3 +68,24 @@ def test_alignment_benchmark_equal_compute(tmp_path, capsys):
     assert all(r["heldout"][-1]["optimizer_steps"] >= len(r["iterations"]) for r in data["runs"])
     assert set(data["gradients"]) == {"flash", "flow_grpo"}
     assert all(-1.0 <= g["mean_cosine"] <= 1.0 and g["batches"] >= 2 for g in data["gradients"].values())
+
+
+def test_settings_expand_to_their_options_and_explicit_ones_win():
+    import pytest
+
+    from bench import alignment
+
+    args = alignment.parse_args(["--signal"])
+    assert (args.preset, args.model, args.reward, args.budget) == ("tiny_demo", "tiny", "brightness", 8000)
+    assert args.lrs == [5e-3, 1e-2, 2e-2, 4e-2, 8e-2] and args.seeds == [0, 1, 2, 3, 4]
+    assert args.out == "bench/results/alignment/signal"
+    # 32 noise dimensions: latents 4 x 2 x 2 x 2 at 5 frames of 16x16
+    assert {k: args.overrides[k] for k in ("height", "width", "num_frames")} == {"height": 16, "width": 16, "num_frames": 5}
+    # an option given explicitly replaces the setting's; --set items are added after the setting's
+    args = alignment.parse_args(["--signal", "--lrs", "1e-2", "--set", "kl_beta=0.1", "--set", "iterations=3"])
+    assert args.lrs == [1e-2] and args.overrides["kl_beta"] == 0.1 and args.overrides["iterations"] == 3
+    assert args.overrides["group_size"] == 8
+    reduced = alignment.parse_args(["--reduced"])
+    assert reduced.lrs == [6e-4] and reduced.model == "toy" and reduced.overrides == {}
+    with pytest.raises(SystemExit):
+        alignment.parse_args(["--signal", "--reduced"])
