@@ -10,7 +10,7 @@
     python -m bench.alignment
     # the reduced setting: no sweep, every arm at lr 6e-4 (22 minutes on a 2-core VM, 2 jobs x 1 thread)
     python -m bench.alignment --reduced
-    # where a batch's gradient carries signal: tiny model, 32 noise dimensions, brightness, lr sweep
+    # where a batch's gradient carries signal: tiny model at 5x16x16, brightness, lr sweep
     python -m bench.alignment --signal
 
 Phases: a learning-rate sweep per arm on the validation prompts (``--lrs``, one seed
@@ -160,9 +160,10 @@ BASE_OVERRIDES = {"lora_init": "gaussian", "decode_batch_size": 8}
 # Gaussian init about what the demo's 3e-3 is with peft's smaller default init)
 REDUCED = ["--lrs", "6e-4", "--budget", "16000", "--test-prompts", "32", "--snr-batches", "4", "--seeds", "0,1,2"]
 # --signal: a setting in which one batch's gradient carries signal, so that the arms can learn and
-# be ranked. The random tiny model at 5 frames of 16x16: one SDE step's noise has 32 dimensions
-# (latents 4x2x2x2) against the toy model's 3072, where a batch of 32 videos is noise (gradient
-# cosine ~0); reward brightness (smooth, every prompt can gain). No KL, so nothing holds an arm back.
+# be ranked. The random tiny model, whose batch gradients agree (flash with shared noise: cosine
+# ~0.45) where the trained toy model's do not (~0 for every reward tried; README), at 5 frames of
+# 16x16 to keep it fast; reward brightness (smooth, every prompt can gain). No KL, so nothing holds
+# an arm back.
 SIGNAL = ["--preset", "tiny_demo", "--model", "tiny", "--reward", "brightness", "--lrs", "5e-3,1e-2,2e-2,4e-2,8e-2",
           "--budget", "8000", "--seeds", "0,1,2,3,4", "--snr-batches", "6", "--out", f"{DEFAULT_OUT}/signal",
           "--set", "height=16", "--set", "width=16", "--set", "num_frames=5", "--set", "group_size=8",
