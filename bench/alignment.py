@@ -717,6 +717,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class Plan:
+    """What every run of one invocation shares: the base config values, the ``--set`` overrides,
+    the prompt sets and the watch reward; ``task`` makes one run's task."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.base, self.extra = base_values(args), args.overrides
+        self.base_cfg = FlashGRPOConfig.from_dict({**self.base, **self.extra}, preset=args.preset)
+        self.sets = prompt_sets(args, self.base_cfg)
+        # What the videos show, read by the toy world: only meaningful for the model that draws it.
+        self.watch = "toy_caption" if args.prompts == "toy" and args.model == DEFAULT_MODEL else ""
+
+    def task(self, arm: str, seed: int, lr: float, phase: str, eval_set: str, **more) -> dict:
+        """The task of one run (``run_arm``, or ``gradient_snr`` with ``phase="snr"`` and
+        ``batches=``): ``arm`` at ``seed`` and ``lr``, evaluated on the ``eval_set`` prompts."""
+        args = self.args
+        cfg = arm_config(args.preset, {**self.base, "prompts": self.sets["train"]}, arm, seed, self.extra, lr)
+        config = cfg.to_dict()
+        if phase == "snr":
+            config["updates_per_iteration"] = 1  # one gradient of the whole batch
+        return {"arm": arm, "seed": seed, "config": config, "base_seed": self.base_cfg.seed, "phase": phase,
+                "train_prompts": self.sets["train"], "eval_prompts": self.sets[eval_set], "watch": self.watch,
+                "budget": args.budget, "eval_every": args.eval_every, "threads": args.threads,
+                "run_dir": str(Path(args.out) / "runs" / f"{phase}-{arm}-lr{lr:g}-seed{seed}"), **more}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Sweep, measure gradients, run every (strategy, seed); write ``curves.json``,
     ``alignment.png`` and ``alignment.md`` into ``--out``, print the table; returns what
@@ -726,21 +752,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base, extra = base_values(args), args.overrides
-    base_cfg = FlashGRPOConfig.from_dict({**base, **extra}, preset=args.preset)
-    sets = prompt_sets(args, base_cfg)
-    # What the videos show, read by the toy world: only meaningful for the model that draws it.
-    watch = "toy_caption" if args.prompts == "toy" and args.model == DEFAULT_MODEL else ""
+    plan = Plan(args)
+    base, sets, task = plan.base, plan.sets, plan.task
     trained = trained_attributes(base["rewards"])
     command = command_line(args)
     t0 = time.perf_counter()
-
-    def task(arm, seed, lr, phase, eval_set, **more):
-        cfg = arm_config(args.preset, {**base, "prompts": sets["train"]}, arm, seed, extra, lr)  # validates
-        return {"arm": arm, "seed": seed, "config": cfg.to_dict(), "base_seed": base_cfg.seed, "phase": phase,
-                "train_prompts": sets["train"], "eval_prompts": sets[eval_set], "watch": watch,
-                "budget": args.budget, "eval_every": args.eval_every, "threads": args.threads,
-                "run_dir": str(out / "runs" / f"{phase}-{arm}-lr{lr:g}-seed{seed}"), **more}
 
     sweep, best = [], {arm: args.lrs[0] for arm in args.strategies}
     if len(args.lrs) > 1:
@@ -753,8 +769,6 @@ def main(argv: list[str] | None = None) -> dict:
     snr = {}
     if args.snr_batches > 0:
         tasks = [task(a, 0, best[a], "snr", "test", batches=args.snr_batches) for a in args.strategies]
-        for t in tasks:
-            t["config"]["updates_per_iteration"] = 1  # one gradient of the whole batch
         print(f"gradient cosine: {args.snr_batches} batches per arm at the base model", flush=True)
         snr = {r["strategy"]: r for r in run_all(tasks, args.jobs, args.threads)}
     tasks = [task(a, seed, best[a], "main", "test") for a in args.strategies for seed in args.seeds]
@@ -768,11 +782,11 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {
         "preset": args.preset, "model": args.model, "rewards": base["rewards"], "strategies": args.strategies,
         "seeds": args.seeds, "lrs": args.lrs, "sweep_seed": args.sweep_seed, "best_learning_rates": best,
-        "budget": args.budget, "eval_every": args.eval_every, "prompts": sets, "watch": watch,
+        "budget": args.budget, "eval_every": args.eval_every, "prompts": sets, "watch": plan.watch,
         "trained_attributes": sorted(trained), "eval_prompts": len(sets["test"]), "eval_seed": EVAL_SEED,
-        "base_seed": base_cfg.seed, "set": extra, "jobs": args.jobs, "threads": args.threads, "command": command,
+        "base_seed": plan.base_cfg.seed, "set": plan.extra, "jobs": args.jobs, "threads": args.threads, "command": command,
         "unit": f"FE: transformer forward rows (CFG = 2 rows); rows with gradients count 1 + {BACKWARD_FE}",
-        "base_config": base_cfg.to_dict(), "wall_seconds": time.perf_counter() - t0,
+        "base_config": plan.base_cfg.to_dict(), "wall_seconds": time.perf_counter() - t0,
     }
     result = {"settings": settings, "arms": {a: ARMS[a] for a in args.strategies}, "sweep": sweep,
               "gradients": snr, "runs": runs, "summary": rows}

@@ -100,19 +100,12 @@ def test_shared_initial_noise_makes_flash_batch_gradients_agree(tmp_path):
     from bench import alignment
 
     threads = torch.get_num_threads()
-    args = alignment.parse_args(["--signal", "--train-prompts", "8", "--val-prompts", "1", "--test-prompts", "1"])
-    base, extra = alignment.base_values(args), args.overrides
-    base_cfg = alignment.FlashGRPOConfig.from_dict({**base, **extra}, preset=args.preset)
-    sets = alignment.prompt_sets(args, base_cfg)
+    plan = alignment.Plan(alignment.parse_args(["--signal", "--train-prompts", "8", "--val-prompts", "1",
+                                                "--test-prompts", "1", "--out", str(tmp_path)]))
     try:
         for seed in (0, 1):
-            cosine = {}
-            for arm in ("flash", "flash_shared"):
-                cfg = alignment.arm_config(args.preset, {**base, "prompts": sets["train"]}, arm, seed, extra, 1e-2)
-                task = {"arm": arm, "seed": seed, "config": {**cfg.to_dict(), "updates_per_iteration": 1},
-                        "base_seed": base_cfg.seed, "train_prompts": sets["train"], "eval_prompts": sets["test"],
-                        "watch": "", "threads": 1, "run_dir": str(tmp_path / f"{arm}{seed}"), "batches": 4}
-                cosine[arm] = alignment.gradient_snr(task)["mean_cosine"]
+            cosine = {arm: alignment.gradient_snr(plan.task(arm, seed, 1e-2, "snr", "test", batches=4))["mean_cosine"]
+                      for arm in ("flash", "flash_shared")}
             assert cosine["flash_shared"] > 0.3, cosine
             assert cosine["flash_shared"] - cosine["flash"] > 0.15, cosine
     finally:

@@ -7,8 +7,8 @@ reach the sampler would leave the two runs level or reverse them.
 
 The random tiny model at 5 frames of 16x16 keeps it fast: its batch gradients agree (cosine
 between independent batches 0.11 for flash, 0.45 with shared noise: bench.alignment --signal),
-so 32 videos per update learn within a few iterations. The trained toy model's batch gradients do not agree, whatever the reward
-(README, "Two commands")."""
+so 32 videos per update learn within a few iterations. The trained toy model's batch gradients
+do not agree, whatever the reward (README, "Two commands")."""
 
 import pytest
 
