@@ -11,7 +11,7 @@ two questions behind it, each over ``--samples`` initial noises per prompt:
 It reads ``RUN_DIR/config.json`` and the LoRA named in ``RUN_DIR/summary.json``, splits the prompts
 as the run did, and scores deterministic ODE samples (``eval_sampling_steps``) of both prompt sets
 with the LoRA and without it (the base model), with the run's rewards. The noise of draw ``d`` is
-the one a run's own held-out evaluation uses for its sample ``d`` (``recipe.sample(draw=d)``), so
+the one a run's own held-out evaluation uses for its sample ``d`` (``recipe.scored_draws``), so
 on the held-out prompts, with ``--samples`` equal to the run's ``eval_samples``, the base and LoRA
 means are the run's own before and after. Prints one row per prompt set (prompts, base, LoRA,
 gain, the spread of the gain over draws, and for the toy world's rewards the objects kept) and
@@ -38,8 +38,7 @@ from trainer.fileio import atomic_write_json
 def _score(recipe: FlashGRPORecipe, prompts: list[str], samples: int, lora: bool) -> dict:
     """Per draw, the mean score over ``prompts`` (and the share of objects kept, where read)."""
     means, kept = [], []
-    for draw in range(samples):
-        scored = recipe.reward_fn(recipe.sample(prompts, lora=lora, draw=draw), prompts)
+    for _, scored in recipe.scored_draws(prompts, samples, lora):
         means.append(float(scored.scores.mean()))
         if scored.readings is not None and all("object_kept" in r for r in scored.readings):
             kept.append(float(np.mean([r["object_kept"] for r in scored.readings])))

@@ -32,7 +32,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -973,14 +973,19 @@ class FlashGRPORecipe:
                 f"{self.checkpoint_path}{lost}. Fix the cause, then resume with --resume (resume=true).")
 
     # ------------------------------------------------------------------------------ loop ----
+    def scored_draws(self, prompts: list[str], draws: int, lora: bool = True) -> Iterator[tuple[torch.Tensor, RewardOutput]]:
+        """ODE samples of ``prompts`` from initial noises ``draw = 0 .. draws-1`` and their reward
+        output, one draw at a time (each draw's videos can be dropped before the next is made)."""
+        for draw in range(draws):
+            videos = self.sample(prompts, lora=lora, draw=draw)
+            yield videos, self.reward_fn(videos, prompts)
+
     def _evaluate(self, prompts: list[str], lora: bool = True):
         """The first sample's videos and reward output, and each prompt's mean score over
         ``eval_samples`` samples."""
-        videos = self.sample(prompts, lora=lora)
-        scored = self.reward_fn(videos, prompts)
-        scores = [scored.scores] + [self.reward_fn(self.sample(prompts, lora=lora, draw=d), prompts).scores
-                                    for d in range(1, self.cfg.eval_samples)]
-        return videos, scored, torch.stack(scores).mean(0)
+        draws = self.scored_draws(prompts, self.cfg.eval_samples, lora)
+        videos, scored = next(draws)
+        return videos, scored, torch.stack([scored.scores] + [later.scores for _, later in draws]).mean(0)
 
     def _write_samples(self, tag: str) -> dict:
         """Before/after videos of the held-out prompts, and their reward.
