@@ -16,9 +16,13 @@ from safetensors import safe_open
 
 from tests.support import ROOT, run_cli
 
-# The demo's held-out gain is within a seed's spread of zero (README, "Two commands": +0.06, -0.06,
-# -0.01 on seeds 0, 1, 2); what holds on any machine is that its drift stays bounded.
-DEMO_MIN_SEED_GAIN = -0.2
+# The demo's held-out gain on seeds 0, 1, 2 (README, "Two commands"): +0.227, +0.136, +0.065, and
+# held-out objects lost: 0, 0, 1 of 16. Asserted with margins a CPU with other floating-point
+# results keeps: every seed gains, the mean of the three gains is above 0.1, and no seed loses
+# more than one of its 16 held-out objects.
+DEMO_MIN_MEAN_GAIN = 0.1
+DEMO_MIN_SEED_GAIN = 0.0
+DEMO_MAX_LOST = 1
 
 KEY = re.compile(r"^diffusion_model\.blocks\.\d+\.(self_attn|cross_attn)\.(q|k|v|o)\.(lora_A\.weight|lora_B\.weight|alpha)$")
 
@@ -57,27 +61,30 @@ def _held_out_gain(run_dir: Path) -> float:
 
 
 def test_demo_keeps_the_held_out_objects_and_shows_what_it_evaluated(demo_run):
-    """Each held-out "after" video, read from the mp4 a person would watch, still shows one object
-    of the caption's colour on the caption's background; summary.json says per prompt what was
-    evaluated and what the reward read."""
+    """The held-out "after" videos, read from the mp4s a person would watch, still show one object
+    of the caption's colour on the caption's background (all but at most one of 16); summary.json
+    says per prompt what was evaluated and what the reward read."""
     import imageio.v3 as iio
 
     from trainer.toy import world as toy_world
 
     run_dir, proc = demo_run
     rows = json.loads((run_dir / "summary.json").read_text())["held_out"]
-    assert len(rows) == 8 and all({"prompt", "before", "after", "gain", "after_readings"} <= set(r) for r in rows)
-    assert all(r["after_readings"]["object_kept"] for r in rows), rows
+    assert len(rows) == 16 and all({"prompt", "before", "after", "gain", "after_readings"} <= set(r) for r in rows)
+    kept = [r["after_readings"]["object_kept"] for r in rows]
+    assert kept.count(False) <= DEMO_MAX_LOST, rows
     videos = [iio.imread(run_dir / "samples" / f"after_{i:02d}.mp4") for i in range(len(rows))]
     frames = torch.from_numpy(numpy.stack(videos)).float() / 255
-    assert all(toy_world.objects_kept(frames, [r["prompt"] for r in rows])), [r["after_readings"] for r in rows]
-    assert "held-out reward (8 prompts)" in proc.stdout and "objects kept after training: 8/8" in proc.stdout
+    from_mp4 = toy_world.objects_kept(frames, [r["prompt"] for r in rows])
+    assert from_mp4.count(False) <= DEMO_MAX_LOST, [r["after_readings"] for r in rows]
+    assert "held-out reward (16 prompts)" in proc.stdout
+    assert f"objects kept after training: {kept.count(True)}/16" in proc.stdout
 
 
-def test_demo_drift_stays_bounded_over_seeds(demo_run, tmp_path):
-    """Seeds 0, 1 and 2 (1 and 2 run here, side by side): no seed loses a held-out object and no
-    seed's held-out reward falls by more than 0.2 (the runs without KL, or at lr 1e-2, lose objects
-    and fall further: README). The held-out reward is each prompt's mean over eval_samples=4."""
+def test_demo_aligns_the_held_out_prompts_on_every_seed(demo_run, tmp_path):
+    """Seeds 0, 1 and 2 (1 and 2 run here, side by side): the held-out reward rises on every seed,
+    by more than 0.1 on average, and no seed loses more than one of its 16 held-out objects. The
+    held-out reward is each prompt's mean over eval_samples=4, on prompts the training never saw."""
     run_dir, _ = demo_run
     procs = [subprocess.Popen([sys.executable, "-m", "trainer.run", "workflows/demo.json", "--in-process",
                                "--set", f"output_dir={tmp_path}", "--set", f"run_name=s{seed}", "--set", f"seed={seed}"],
@@ -91,11 +98,12 @@ def test_demo_drift_stays_bounded_over_seeds(demo_run, tmp_path):
     assert all(p.returncode == 0 for p in procs), [e[-2000:] for e in errors]
     dirs = [run_dir, tmp_path / "s1", tmp_path / "s2"]
     gains = [_held_out_gain(d) for d in dirs]
-    assert min(gains) > DEMO_MIN_SEED_GAIN, gains
+    assert min(gains) > DEMO_MIN_SEED_GAIN and sum(gains) / 3 > DEMO_MIN_MEAN_GAIN, gains
     for d in dirs:
         summary = json.loads((d / "summary.json").read_text())
         assert summary["before"]["eval_samples"] == summary["after"]["eval_samples"] == 4
-        assert all(r["after_readings"]["object_kept"] for r in summary["held_out"]), (d, summary["held_out"])
+        lost = [r["prompt"] for r in summary["held_out"] if not r["after_readings"]["object_kept"]]
+        assert len(lost) <= DEMO_MAX_LOST, (d, lost)
 
 
 def test_demo_videos_are_real_mp4(demo_run):

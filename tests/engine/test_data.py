@@ -1,7 +1,9 @@
 """Prompt sets: file parsing, the held-out split and the resumable order."""
 
 import pytest
+import torch
 
+from trainer import seeding
 from trainer.engine.data import PromptSet, read_prompt_file
 from trainer.errors import UserError
 
@@ -24,6 +26,22 @@ def test_held_out_split_is_disjoint_and_seeded():
     assert PromptSet.build(prompts, 3, seed=1) == a
     assert PromptSet.build(prompts, 3, seed=2).eval != a.eval
     assert PromptSet.build(["only"], 2, seed=0).train == ["only"]  # one prompt trains and evaluates
+
+
+def test_a_repeated_prompt_is_held_out_whole_or_trained_on_whole():
+    """A prompt listed twice is never both held out and trained on (the held-out score would then
+    measure training prompts); without repeats the split is the plain seeded shuffle's, so runs
+    made before repeats were handled resume with the same split."""
+    prompts = [f"p{i}" for i in range(8)]
+    repeated = prompts + prompts[:4]  # p0..p3 twice
+    for seed in range(20):
+        split = PromptSet.build(repeated, 3, seed=seed)
+        assert len(split.eval) == len(set(split.eval)) == 3 and not set(split.eval) & set(split.train), seed
+        assert len(split.train) == len(repeated) - sum(repeated.count(p) for p in split.eval)
+        order = torch.randperm(8, generator=seeding.generator(seed, "prompts", "split")).tolist()
+        plain = PromptSet.build(prompts, 3, seed=seed)
+        assert plain.eval == [prompts[i] for i in sorted(order[:3])]
+        assert plain.train == [prompts[i] for i in sorted(order[3:])]
 
 
 def test_batches_visit_every_prompt_once_per_epoch_and_depend_only_on_the_iteration():

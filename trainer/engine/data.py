@@ -47,8 +47,9 @@ def read_prompt_file(path: str | Path) -> list[str]:
 class PromptSet:
     """Training prompts and held-out evaluation prompts.
 
-    The held-out split takes ``eval_count`` prompts from a shuffle drawn from the stream
-    ``(seed, "prompts", "split")`` (``trainer.seeding``); the rest train. The prompts of iteration
+    The held-out split takes ``eval_count`` distinct prompts from a shuffle of the distinct prompts
+    drawn from the stream ``(seed, "prompts", "split")`` (``trainer.seeding``); the rest train, a
+    repeated prompt as often as it is listed, and no copy of a held-out prompt trains. The prompts of iteration
     ``it`` are a pure function of ``(seed, it)``: epoch ``e`` visits the training prompts in the
     permutation drawn from ``(seed, "prompts", e)``. Resuming at an iteration therefore
     needs no saved data-loader state.
@@ -63,16 +64,14 @@ class PromptSet:
         prompts = [p.strip() for p in prompts if p and p.strip()]
         if not prompts:
             raise UserError("no prompts: give 'prompts' or a 'prompt_file' with one prompt per line.")
-        if len(prompts) == 1 or eval_count <= 0:
-            return cls(train=prompts, eval=prompts[: min(eval_count, len(prompts))], seed=seed)
-        order = torch.randperm(len(prompts), generator=seeding.generator(seed, "prompts", "split")).tolist()
-        eval_count = min(eval_count, len(prompts) - 1)
-        held = sorted(order[:eval_count])
-        return cls(
-            train=[prompts[i] for i in sorted(order[eval_count:])],
-            eval=[prompts[i] for i in held],
-            seed=seed,
-        )
+        distinct = list(dict.fromkeys(prompts))
+        if len(distinct) == 1 or eval_count <= 0:
+            return cls(train=prompts, eval=distinct[: min(eval_count, len(distinct))], seed=seed)
+        order = torch.randperm(len(distinct), generator=seeding.generator(seed, "prompts", "split")).tolist()
+        eval_count = min(eval_count, len(distinct) - 1)
+        held = [distinct[i] for i in sorted(order[:eval_count])]
+        # every copy of a held-out prompt leaves training: held-out prompts are never trained on
+        return cls(train=[p for p in prompts if p not in held], eval=held, seed=seed)
 
     def batch(self, iteration: int, size: int) -> list[str]:
         """The ``size`` training prompts of ``iteration``."""
