@@ -49,10 +49,10 @@ class PromptSet:
 
     The held-out split takes ``eval_count`` distinct prompts from a shuffle of the distinct prompts
     drawn from the stream ``(seed, "prompts", "split")`` (``trainer.seeding``); the rest train, a
-    repeated prompt as often as it is listed, and no copy of a held-out prompt trains. The prompts of iteration
-    ``it`` are a pure function of ``(seed, it)``: epoch ``e`` visits the training prompts in the
-    permutation drawn from ``(seed, "prompts", e)``. Resuming at an iteration therefore
-    needs no saved data-loader state.
+    repeated prompt as often as it is listed, and no copy of a held-out prompt trains. The prompts
+    of iteration ``it`` are a pure function of ``(seed, it)``: epoch ``e`` visits the training
+    prompts in the permutation drawn from ``(seed, "prompts", e)``. Resuming at an iteration
+    therefore needs no saved data-loader state.
     """
 
     train: list[str]
