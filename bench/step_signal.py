@@ -44,7 +44,7 @@ from trainer.engine.config import FlashGRPOConfig, parse_set_items
 from trainer.engine.recipe import FlashGRPORecipe, sample_noise
 from trainer.engine.rollout import predict_velocity
 from trainer.errors import UserError
-from trainer.rewards.simple import REC601
+from trainer.rewards.simple import Brightness
 from trainer.toy import world as toy_world
 
 REWARDS = ("brightness", "toy_size", "toy_shape", "toy_position", "toy_colour", "toy_background")
@@ -53,15 +53,21 @@ DEFAULT_PROMPT = "a small cyan square in the center moves rightward fast on a gr
 
 def _reward_fn(name: str, prompt: str):
     """float video ``[n, 3, T, H, W]`` in 0..1 -> reward ``[n]``, differentiable."""
-    if name == "brightness":
-        weights = torch.tensor(REC601, dtype=torch.float32).view(1, 3, 1, 1, 1)
-        return lambda video: (video * weights).sum(dim=1).mean(dim=(1, 2, 3))
+    if name == "brightness":  # the reward itself: its float path is differentiable
+        return lambda video: Brightness().score(video.permute(0, 2, 3, 4, 1), [prompt] * len(video)).scores
     attr = name.removeprefix("toy_")
     asked = toy_world.parse_caption(prompt).get(attr)
     if asked is None:
         raise UserError(f"--reward {name}: the prompt {prompt!r} states no {attr}")
     k = toy_world.CHOICES[attr].index(asked)
     return lambda video: toy_world.attribute_probs(toy_world.measure(video.permute(0, 2, 3, 4, 1)))[attr][:, k]
+
+
+def direction_gain(jt_norm2, direction: torch.Tensor, probes: torch.Tensor) -> float:
+    """``rho = |J^T d|^2 / mean_z |J^T z|^2`` over unit vectors: ``d`` along ``direction`` and ``z``
+    along each of ``probes`` (random Gaussian draws are uniform directions); ``jt_norm2(u)`` gives
+    ``|J^T u|^2``. 1 for a direction the LoRA feels no more than an arbitrary one."""
+    return jt_norm2(direction / direction.norm()) / float(np.mean([jt_norm2(z / z.norm()) for z in probes]))
 
 
 def measure(cfg: FlashGRPOConfig, reward: str, prompt: str, k: int, seeds: int, samples: int,
@@ -112,8 +118,7 @@ def measure(cfg: FlashGRPOConfig, reward: str, prompt: str, k: int, seeds: int, 
             grads = torch.autograd.grad((mean * u).sum(), params)
             return float(sum(q.square().sum() for q in grads))
 
-        random = [jt_norm2(z / z.norm()) for z in torch.randn(probes, 1, *recipe.latent_shape, generator=gen)]
-        rho = jt_norm2(g / g.norm()) / float(np.mean(random))
+        rho = direction_gain(jt_norm2, g, torch.randn(probes, 1, *recipe.latent_shape, generator=gen))
         rows.append({"seed": seed, "reward": float(r.mean()), "reward_std": float(r.std()), "corr": corr,
                      "rho": rho, "snr2": corr * corr * rho / g.numel()})
     return rows

@@ -22,7 +22,25 @@ def test_the_reward_gradient_predicts_a_small_steps_reward(seed):
         # a small step moves the reward linearly: the autograd gradient, times the step's noise,
         # predicts each sample's reward (measured 0.999-1.000 over seeds 0-2; a wrong sign gives -1)
         assert row["corr"] > 0.99
-        assert row["rho"] > 0 and row["snr2"] > 0 and row["reward_std"] > 0
+
+
+def test_direction_gain_against_its_closed_form():
+    """rho for a known linear J: E_z |J^T z|^2 = trace(J J^T) / n over uniform unit z, so a direction
+    along J's largest singular vector gains sigma_max^2 n / sum sigma^2 and a random one about 1."""
+    import torch
+
+    from bench.step_signal import direction_gain
+
+    n = 64
+    scales = torch.ones(n)
+    scales[-1] = 10.0
+    jt_norm2 = lambda u: float((scales * u.flatten()).square().sum())  # J = diag(scales)
+    g = torch.Generator().manual_seed(0)
+    probes = torch.randn(20_000, n, generator=g)
+    expected = 100.0 * n / float(scales.square().sum())
+    assert direction_gain(jt_norm2, 3.0 * torch.eye(n)[-1], probes) == pytest.approx(expected, rel=0.05)
+    randoms = [direction_gain(jt_norm2, torch.randn(n, generator=g), probes) for _ in range(200)]
+    assert sum(randoms) / len(randoms) == pytest.approx(1.0, abs=0.15)
 
 
 def test_step_signal_cli_prints_one_row_per_guidance_and_names_bad_input(capsys):

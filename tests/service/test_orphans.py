@@ -1,5 +1,6 @@
 """A backend stops with the client that started it (killed or not), unless detached; a detached
-or idle one stops after the configured idle timeout. Real processes, real SIGKILL."""
+or idle one stops after the configured idle timeout; several clients share one backend, each
+client's exit cancels only its own jobs. Real processes, real SIGKILL."""
 
 import json
 import os
@@ -36,6 +37,27 @@ def start_client(state, detached=False, train=None, env=None):
     line = proc.stdout.readline()
     assert line.strip().isdigit(), f"the client did not start a backend (exit {proc.poll()})"
     return proc, int(line)
+
+
+SHARER = """
+import json, sys, time
+from pathlib import Path
+from trainer.service import client
+c = client.connect(1, Path(sys.argv[1]))
+if sys.argv[2] == "follow":
+    print(c.run_job("train", {"config": json.loads(sys.argv[3])})["state"], flush=True)
+else:
+    print(c.request("POST", "/jobs", {"kind": "train", "config": json.loads(sys.argv[3])})["job_id"], flush=True)
+    time.sleep(600)
+"""
+
+
+def start_sharer(state, mode, train):
+    """A client process that attaches to the live backend in ``state`` and submits a job: it then
+    waits (``mode`` "submit": prints the job id) or follows the job to its end ("follow": prints
+    the job's final state and exits)."""
+    return subprocess.Popen([sys.executable, "-c", SHARER, str(state), mode, json.dumps(train)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
 
 
 def wait_gone(pid, timeout):
@@ -137,3 +159,56 @@ def test_connect_does_not_hand_out_a_stopping_backend(tmp_path):
         if fresh is not None:
             fresh.shutdown()
         old.shutdown()
+
+
+def test_clients_sharing_a_backend_each_end_only_their_own_job(tmp_path):
+    """Two runs at once on one machine share one backend: a killed client's job is cancelled (with
+    a checkpoint) while the backend serves on; the client that started the backend may exit while
+    another client's job runs, and that job ends normally; the backend exits once every client has."""
+    from trainer.service import client
+
+    def config(name, iterations):
+        return FlashGRPOConfig.from_dict(dict(output_dir=str(tmp_path), run_name=name, iterations=iterations,
+                                              sample_videos=False, eval_prompts=0, sampling_steps=4),
+                                         preset="tiny_demo").to_dict()
+
+    state = tmp_path / "state"
+    owner, pid = start_client(state)  # started the backend; submits nothing
+    procs = [owner]
+    try:
+        info = json.loads((state / "backend.json").read_text())
+        watcher = client.BackendClient(info["url"], info["token"])  # names no process: observes only
+        killed = start_sharer(state, "submit", config("killed", 500))
+        procs.append(killed)
+        job = killed.stdout.readline().strip()
+        events = tmp_path / "killed" / "events.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and '"iteration"' not in (events.read_text() if events.exists() else ""):
+            time.sleep(0.2)
+        with pytest.raises(UserError, match="FLASH_GRPO_STATE_DIR"):  # a busy backend is not replaced
+            client.connect(2, state, detached=True)
+        killed.kill()
+        killed.wait()
+        deadline = time.time() + 120
+        while time.time() < deadline and watcher.request("GET", f"/jobs/{job}")["state"] == "running":
+            time.sleep(0.5)
+        assert watcher.request("GET", f"/jobs/{job}")["state"] == "cancelled"
+        assert (tmp_path / "killed" / "checkpoints" / "latest.pt").is_file()
+        assert process_alive(pid) and not watcher.health()["stopping"], "one client's exit stopped the backend"
+
+        follower = start_sharer(state, "follow", config("follower", 12))
+        procs.append(follower)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (watcher.health()["job"] or {}).get("state") == "running":
+            time.sleep(0.2)
+        owner.kill()  # the client that started the backend exits during the other client's job
+        owner.wait()
+        assert follower.stdout.readline().strip() == "done"
+        assert follower.wait(timeout=60) == 0
+        logged = [json.loads(line) for line in (tmp_path / "follower" / "events.jsonl").read_text().splitlines()]
+        assert logged[-1]["event"] == "done" and logged[-1]["iteration"] == 12
+        assert wait_gone(pid, 120), "the backend outlived every client that used it"
+    finally:
+        for proc in procs:
+            proc.kill()
+        kill_group(pid)

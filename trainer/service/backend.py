@@ -26,9 +26,11 @@ HTTP API (all JSON, all need the token):
 
 Jobs run one at a time in a worker thread; the HTTP loop stays responsive, and a client that
 disconnects loses nothing: the job runs on and its events can be read again by job id. After
-``--idle-timeout`` seconds without jobs or requests the backend exits; with ``--owner-pid`` it also
-exits (its jobs cancelled, a training run checkpointed) once that process, the client that started
-it, has exited. After each job the warm model is handled by the ``--after-job`` policy
+``--idle-timeout`` seconds without jobs or requests the backend exits. A local client names its
+process in the ``X-Flash-Client-Pid`` header of its requests: once that process has exited (killed
+or not), its jobs are cancelled (a training run checkpointed), other clients' jobs run on. With
+``--owner-pid`` (the client that started it) the backend also exits once the owner and every other
+client that used it have exited: two runs sharing one backend each end their own job. After each job the warm model is handled by the ``--after-job`` policy
 (``FLASH_GRPO_BACKEND_AFTER_JOB``): ``offload`` (default) moves it to the CPU and empties the CUDA
 cache, so ComfyUI on the same GPU gets its memory back; ``keep`` leaves it on the GPU; ``shutdown``
 exits ``SHUTDOWN_GRACE_S`` idle seconds after the job.
@@ -72,7 +74,7 @@ from ..engine.distributed import broadcast_bytes, init_distributed
 from ..errors import UserError
 from ..fileio import atomic_write_bytes
 from .runner import LocalRunner, RunCancelled
-from .wire import PROBE_FILE, BlobStore, decode_array, encode_array, is_file_ref
+from .wire import CLIENT_PID_HEADER, PROBE_FILE, BlobStore, decode_array, encode_array, is_file_ref
 
 HEARTBEAT_S = 5.0
 KEEP_JOBS = 16
@@ -109,10 +111,11 @@ class Control:
 
 # ---- jobs -----------------------------------------------------------------------------------------
 class Job:
-    def __init__(self, kind: str, payload: dict):
+    def __init__(self, kind: str, payload: dict, client_pid: int | None = None):
         self.id = uuid.uuid4().hex[:12]
         self.kind = kind
         self.payload = payload
+        self.client_pid = client_pid  # the local process that submitted it: its exit cancels the job
         self.state = "queued"
         self.events: list[dict] = []
         self.result = None
@@ -298,7 +301,10 @@ class Backend:
         self.pruned: dict[str, None] = {}  # ids of pruned jobs (the latest 10,000), for a clear 404
         self.jobs_lock = threading.Lock()
         self.after_job = after_job
-        self.owner_pid = owner_pid  # the client that started this backend: when it is gone, so is the backend
+        # local client processes whose exit cancels their jobs; once none is left, a backend that an
+        # owner started (not detached) exits too
+        self.clients: set[int] = {owner_pid} if owner_pid is not None else set()
+        self.owned = owner_pid is not None
         self.control = control
         self.runner = runner or LocalRunner()
         self.jobs_run = dict.fromkeys(JOB_KINDS, 0)  # jobs started per kind, reported by /health
@@ -327,6 +333,10 @@ class Backend:
             if self.shutdown.is_set():  # stopping: the queued jobs do not start
                 job.finish("failed", error={"rank": 0, "type": "Shutdown", "user_error": True, "message":
                                             "the backend shut down before this job started; submit it again"})
+                self._delete_spent_files(job)
+                continue
+            if job.cancel:  # cancelled while queued (by its client, or because its client exited)
+                job.finish("cancelled", result={"cancelled": True})
                 self._delete_spent_files(job)
                 continue
             self.current = job
@@ -398,11 +408,25 @@ class Backend:
         for job in jobs:
             job.cancel = True
 
-    def watch_owner(self) -> None:
-        """Stop once the client that started this backend has exited (killed or not)."""
+    def add_client(self, pid: int) -> None:
+        with self.jobs_lock:
+            self.clients.add(pid)
+
+    def watch_clients(self) -> None:
+        """Once a client process has exited (killed or not), cancel its jobs; once every client of
+        an owned backend has, stop."""
         while not self.shutdown.is_set():
-            if not process_alive(self.owner_pid):
-                self.stop(f"the client that started it (pid {self.owner_pid}) has exited")
+            with self.jobs_lock:
+                gone = {pid for pid in self.clients if not process_alive(pid)}
+                self.clients -= gone
+                left = bool(self.clients)
+                orphans = [j for j in self.jobs.values() if j.client_pid in gone and j.finished_at is None]
+            for job in orphans:
+                print(f"flash-grpo backend: cancelling job {job.id}: its client (pid {job.client_pid}) has exited",
+                      flush=True)
+                job.cancel = True
+            if self.owned and not left:
+                self.stop(f"every client that used it has exited (the last: pid {', '.join(map(str, sorted(gone)))})")
                 return
             time.sleep(1.0)
 
@@ -415,6 +439,9 @@ class Backend:
             if request.headers.get("Authorization", "") != f"Bearer {self.token}":
                 return web.json_response({"error": "missing or wrong token"}, status=401)
             self.last_activity = time.time()
+            pid = client_pid(request.headers)
+            if pid is not None:
+                self.add_client(pid)
             return await handler(request)
 
         async def health(request):
@@ -435,7 +462,7 @@ class Backend:
                 kind, payload = check_job(body, self.blobs)
             except BadRequest as e:
                 return web.json_response({"error": str(e)}, status=400)
-            job = Job(kind, payload)
+            job = Job(kind, payload, client_pid(request.headers))
             with self.jobs_lock:
                 self.jobs[job.id] = job
             self.queue.put(job)
@@ -516,6 +543,12 @@ class Backend:
         asyncio.run(main())
 
 
+def client_pid(headers) -> int | None:
+    """The pid a local client names in ``CLIENT_PID_HEADER`` (None when absent or not a pid)."""
+    value = headers.get(CLIENT_PID_HEADER, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie, dead but not yet waited for, counts as gone)."""
     try:
@@ -550,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="after each job: offload the model to the CPU and empty the CUDA cache (default), keep it "
                     f"on the GPU, or shut down once idle (default: {settings.AFTER_JOB_ENV} or offload)")
     ap.add_argument("--owner-pid", type=int, default=None,
-                    help="exit (after cancelling its jobs) once this process, the client that started it, has exited")
+                    help="exit (after cancelling their jobs) once this process, the client that started it, and "
+                    "every other client that used it have exited")
     ap.add_argument("--keep-jobs", type=int, default=KEEP_JOBS,
                     help="finished jobs kept with their results and video files (older ones are pruned)")
     ap.add_argument("--keep-jobs-for", type=float, default=KEEP_JOBS_FOR_S,
@@ -581,8 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             backend = Backend(state_dir, control, args.idle_timeout, runner, after_job, owner_pid=args.owner_pid,
                               keep_jobs=args.keep_jobs, keep_jobs_for=args.keep_jobs_for)
-            if args.owner_pid is not None:
-                threading.Thread(target=backend.watch_owner, daemon=True).start()
+            threading.Thread(target=backend.watch_clients, daemon=True).start()
             worker_error = []
 
             def run_worker():

@@ -6,10 +6,13 @@
    (e.g. with torchrun on several machines); used as is.
 2. ``<state dir>/backend.json`` of a live backend with the requested number of processes.
 3. Otherwise a new one: ``python -m torch.distributed.run --standalone --nproc_per_node <gpus> -m
-   trainer.backend``, in its own session; its output goes to ``<state dir>/backend.log``. It
-   watches the process that started it and exits (its jobs cancelled, a run checkpointed) once
-   that process has exited, even by SIGKILL, unless launched ``detached`` (``trainer.run
-   --detach``: the run outlives the terminal). ComfyUI keeps its backend while it runs.
+   trainer.backend``, in its own session; its output goes to ``<state dir>/backend.log``.
+
+A client of a local backend (2. or 3.) names its process in every request (``client_pid``): once
+that process has exited, even by SIGKILL, the backend cancels its jobs (a run checkpointed), and
+a backend it started exits once every client that used it has (two runs at once share one backend,
+and each ends its own job). A ``detached`` client (``trainer.run --detach``: the run outlives the
+terminal) names no process. ComfyUI keeps its backend while it runs.
 
 The state dir is ``FLASH_GRPO_STATE_DIR`` or ``~/.cache/flash_grpo/backend``. ``run_job`` follows a
 job's events; when the backend dies it raises ``BackendError`` naming the rank and the cause
@@ -38,7 +41,7 @@ import torch
 
 from .. import settings
 from ..errors import UserError
-from .wire import PROBE_FILE, BlobStore, decode_array, encode_array, is_file_ref
+from .wire import CLIENT_PID_HEADER, PROBE_FILE, BlobStore, decode_array, encode_array, is_file_ref
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding trainer/
 
@@ -61,11 +64,13 @@ def state_dir() -> Path:
 
 
 class BackendClient:
-    def __init__(self, url: str, token: str, process: subprocess.Popen | None = None, directory: Path | None = None):
+    def __init__(self, url: str, token: str, process: subprocess.Popen | None = None, directory: Path | None = None,
+                 client_pid: int | None = None):
         self.url = url.rstrip("/")
         self.token = token
         self.process = process  # set when this client started the backend
         self.directory = directory
+        self.client_pid = client_pid  # sent with every request: this process's exit cancels its jobs
         self._blobs: BlobStore | None | bool = False  # False: not checked yet
 
     def blob_store(self) -> BlobStore | None:
@@ -110,8 +115,10 @@ class BackendClient:
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 60.0) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        if self.client_pid is not None:
+            headers[CLIENT_PID_HEADER] = str(self.client_pid)
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())
@@ -290,7 +297,7 @@ def launch(gpus: int, directory: Path | None = None, timeout: float = 300.0, det
     while time.time() < deadline:
         info = _read_state(directory)
         if info:
-            client = BackendClient(info["url"], info["token"], process, directory)
+            client = BackendClient(info["url"], info["token"], process, directory, _client_pid(detached))
             try:
                 client.health()
                 return client
@@ -320,9 +327,15 @@ def stop_launched(timeout: float = 30.0) -> None:
     LAUNCHED.clear()
 
 
+def _client_pid(detached: bool) -> int | None:
+    """The pid a client of a local backend sends: this process, unless its jobs outlive it."""
+    return None if detached else os.getpid()
+
+
 def connect(gpus: int = 1, directory: Path | None = None, detached: bool = False) -> BackendClient:
     """A client for a backend with ``gpus`` processes: the configured one, a live one, or a new
-    one (``launch``; ``detached``: it outlives this process)."""
+    one (``launch``; ``detached``: it and this client's jobs outlive this process). A live backend
+    with another process count is replaced only when it runs no job."""
     address = settings.backend_address()
     if address:
         url, token = address
@@ -333,13 +346,18 @@ def connect(gpus: int = 1, directory: Path | None = None, detached: bool = False
     directory = directory or state_dir()
     info = _read_state(directory)
     if info:
-        client = BackendClient(info["url"], info["token"], None, directory)
+        client = BackendClient(info["url"], info["token"], None, directory, _client_pid(detached))
         try:
             health = client.health()
             if health.get("world_size") == gpus and not health.get("stopping"):
                 return client
             if not health.get("stopping"):
-                client.shutdown()  # a live backend with another process count: replace it
+                if health.get("job"):
+                    raise UserError(
+                        f"the backend in {directory} runs another client's {health['job']['kind']} job on "
+                        f"{health.get('world_size')} process(es), and this one needs {gpus}: wait until it has "
+                        "finished, or give this run its own backend with FLASH_GRPO_STATE_DIR=<another folder>.")
+                client.shutdown()  # an idle live backend with another process count: replace it
             client.wait_for_exit(timeout=600.0)  # a stopping one first ends its job (with a checkpoint)
         except BackendError:
             pass

@@ -31,6 +31,10 @@ from ..errors import UserError
 BLOB_NAME = re.compile(r"[0-9a-f]{32}\.npy")
 """The only file names a blob reference may carry."""
 
+CLIENT_PID_HEADER = "X-Flash-Client-Pid"
+"""Request header in which a client on the backend's machine names its process: once that process
+has exited, the backend cancels its jobs (``trainer.service.backend``)."""
+
 PROBE_FILE = "probe.txt"
 """Holds a random text the backend also reports in ``/health``: a client that reads the same text
 there shares the backend's folder."""
