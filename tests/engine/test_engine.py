@@ -241,6 +241,29 @@ def test_decode_gives_uint8_videos_by_the_reference_formula_in_any_chunking(reci
         recipe.decode(latents)
 
 
+def test_the_cpu_vae_norms_decode_what_the_stock_norms_decode(recipe):
+    """On CPU the recipe gives Wan's VAE the sum-of-squares RMS norm; it decodes the same videos as
+    diffusers' own norm (to float rounding), also in bfloat16, and switches back."""
+    from trainer.engine.models import use_cpu_vae_norms
+
+    vae = recipe.pipe.vae
+    norms = [m for m in vae.modules() if "forward" in m.__dict__]
+    assert norms and len(norms) == use_cpu_vae_norms(vae, True)  # the recipe set them up
+    latents = torch.randn(2, *recipe.latent_shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fast = vae.decode(latents, return_dict=False)[0]
+        norm = next(m for m in norms if m.gamma.dim() == 4)  # a [C, 1, 1, 1] norm of 5-d activations
+        x = torch.randn(2, norm.gamma.shape[0], 3, 5, 5).bfloat16()
+        fast_bf16 = norm(x)
+        use_cpu_vae_norms(vae, False)
+        assert not any("forward" in m.__dict__ for m in vae.modules())
+        stock = vae.decode(latents, return_dict=False)[0]
+        stock_bf16 = norm(x)
+    use_cpu_vae_norms(vae, True)
+    assert (fast - stock).abs().max() < 1e-4 and stock.abs().max() > 0.1
+    assert fast_bf16.dtype == stock_bf16.dtype and (fast_bf16.float() - stock_bf16.float()).abs().max() < 2e-2
+
+
 def test_chunked_scoring_equals_scoring_all_videos(recipe):
     latents = torch.randn(3, *recipe.latent_shape, generator=torch.Generator().manual_seed(1))
     prompts = ["a", "b", "c"]

@@ -47,7 +47,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FlashGRPOConfig
 from .data import DEFAULT_PROMPTS, PromptSet, read_prompt_file
 from .distributed import Dist
-from .models import COMFY_MODEL_SUFFIX, load_pipeline, weights_hash
+from .models import COMFY_MODEL_SUFFIX, load_pipeline, use_cpu_vae_norms, weights_hash
 from .rollout import Conditioning, RolloutResult, rollout, transition_log_prob
 from .runlog import (
     EventLog,
@@ -243,6 +243,7 @@ class FlashGRPORecipe:
         pipe.vae.to(self.device).eval()
         if pipe.vae.dtype != vae_dtype:
             pipe.vae.to(vae_dtype)
+        use_cpu_vae_norms(pipe.vae, self.device.type == "cpu")
         if cfg.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
             pipe.vae.enable_tiling()
         elif hasattr(pipe.vae, "disable_tiling"):
