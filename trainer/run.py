@@ -160,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                 kept = [r["after_readings"].get("object_kept") for r in rows if "after_readings" in r]
                 if kept and all(k is not None for k in kept):
                     line += f"; objects kept after training: {sum(kept)}/{len(kept)}"
+                    had = [r.get("before_readings", {}).get("object_kept") for r in rows]
+                    if len(had) == len(kept) and None not in had:  # lost by training vs never there
+                        line += (f" (lost by training: {sum(h and not k for h, k in zip(had, kept))}, "
+                                 f"missing before it: {had.count(False)})")
                 print(line + " (per prompt in summary.json)")
     return 0
 

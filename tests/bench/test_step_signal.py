@@ -34,7 +34,10 @@ def test_direction_gain_against_its_closed_form():
     n = 64
     scales = torch.ones(n)
     scales[-1] = 10.0
-    jt_norm2 = lambda u: float((scales * u.flatten()).square().sum())  # J = diag(scales)
+
+    def jt_norm2(u):  # J = diag(scales)
+        return float((scales * u.flatten()).square().sum())
+
     g = torch.Generator().manual_seed(0)
     probes = torch.randn(20_000, n, generator=g)
     expected = 100.0 * n / float(scales.square().sum())

@@ -30,10 +30,11 @@ disconnects loses nothing: the job runs on and its events can be read again by j
 process in the ``X-Flash-Client-Pid`` header of its requests: once that process has exited (killed
 or not), its jobs are cancelled (a training run checkpointed), other clients' jobs run on. With
 ``--owner-pid`` (the client that started it) the backend also exits once the owner and every other
-client that used it have exited: two runs sharing one backend each end their own job. After each job the warm model is handled by the ``--after-job`` policy
-(``FLASH_GRPO_BACKEND_AFTER_JOB``): ``offload`` (default) moves it to the CPU and empties the CUDA
-cache, so ComfyUI on the same GPU gets its memory back; ``keep`` leaves it on the GPU; ``shutdown``
-exits ``SHUTDOWN_GRACE_S`` idle seconds after the job.
+client that used it have exited: two runs sharing one backend each end their own job. After each
+job the warm model is handled by the ``--after-job`` policy (``FLASH_GRPO_BACKEND_AFTER_JOB``):
+``offload`` (default) moves it to the CPU and empties the CUDA cache, so ComfyUI on the same GPU
+gets its memory back; ``keep`` leaves it on the GPU; ``shutdown`` exits ``SHUTDOWN_GRACE_S`` idle
+seconds after the job.
 
 Videos travel as files in ``<state-dir>/blobs/`` (``trainer.service.wire``): a score job names the
 file the client wrote, a sample job's result the file rank 0 wrote (every rank's videos, gathered
