@@ -117,6 +117,7 @@ class Job:
         self.kind = kind
         self.payload = payload
         self.client_pid = client_pid  # the local process that submitted it: its exit cancels the job
+        self.orphaned = False  # that process has exited: nobody waits for the result
         self.state = "queued"
         self.events: list[dict] = []
         self.result = None
@@ -336,7 +337,7 @@ class Backend:
                                             "the backend shut down before this job started; submit it again"})
                 self._delete_spent_files(job)
                 continue
-            if job.cancel:  # cancelled while queued (by its client, or because its client exited)
+            if job.orphaned:  # its client exited while it was queued: do not start it
                 job.finish("cancelled", result={"cancelled": True})
                 self._delete_spent_files(job)
                 continue
@@ -425,7 +426,7 @@ class Backend:
             for job in orphans:
                 print(f"flash-grpo backend: cancelling job {job.id}: its client (pid {job.client_pid}) has exited",
                       flush=True)
-                job.cancel = True
+                job.orphaned = job.cancel = True
             if self.owned and not left:
                 self.stop(f"every client that used it has exited (the last: pid {', '.join(map(str, sorted(gone)))})")
                 return
