@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     add_cli_arguments(ap)
     args = ap.parse_args(argv)
-    distributed = False
+    distributed = finished = False
     try:
         cfg = build_config(args)
         distributed = init_distributed()
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"loss {e['loss']:.4g} grad {e['grad_norm']:.3g}", flush=True))
         if recipe.dist.is_main:
             print(f"run directory: {result.run_dir}\nLoRA: {result.lora_path}")
+        finished = True
         return 0
     except UserError as e:
         if args.debug:
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         if distributed:
             import torch.distributed as dist
 
+            if finished:  # no rank tears down its connections while another still uses them
+                dist.barrier()
             dist.destroy_process_group()
 
 
