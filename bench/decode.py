@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     fast, b = decode_seconds(vae, latents, args.batch, args.repeats)
     print(f"model {args.model}: {count} RMS norms, {args.videos} videos, latents {list(latents.shape[1:])}, "
           f"batch {args.batch}, {torch.get_num_threads()} threads")
-    print(f"stock F.normalize   {stock:.3f} s\nsum of squares      {fast:.3f} s\n"
+    print(f"stock F.normalize   {stock:.4f} s\nsum of squares      {fast:.4f} s\n"
           f"ratio (stock / sum of squares) {stock / fast:.2f}; largest pixel difference {float((a - b).abs().max()):.2e}")
 
 

@@ -165,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                         line += (f" (lost by training: {sum(h and not k for h, k in zip(had, kept))}, "
                                  f"missing before it: {had.count(False)})")
                 print(line + " (per prompt in summary.json)")
+                along = [(r["before_readings"].get("motion_along"), r["after_readings"].get("motion_along"))
+                         for r in rows if "before_readings" in r and "after_readings" in r]
+                along = [(b, a) for b, a in along if b is not None and a is not None]
+                if along:
+                    print(f"held-out motion along the asked direction ({len(along)} videos, fraction of the side "
+                          f"per frame): {sum(b for b, _ in along) / len(along):+.4f} -> "
+                          f"{sum(a for _, a in along) / len(along):+.4f}")
     return 0
 
 

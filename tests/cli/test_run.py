@@ -85,6 +85,14 @@ def test_demo_keeps_the_held_out_objects_and_shows_what_it_evaluated(demo_run):
     lost, missing = len(_lost_by_training(rows)), sum(not r["before_readings"]["object_kept"] for r in rows)
     assert (f"objects kept after training: {kept.count(True)}/16 (lost by training: {lost}, "
             f"missing before it: {missing})") in proc.stdout
+    # how far the objects move rightward, as asked: printed as the mean of summary.json's readings
+    pairs = [(r["before_readings"]["motion_along"], r["after_readings"]["motion_along"]) for r in rows]
+    pairs = [(b, a) for b, a in pairs if b is not None and a is not None]
+    printed = re.search(r"held-out motion along the asked direction \((\d+) videos, fraction of the side per frame\): "
+                        r"([-+][0-9.]+) -> ([-+][0-9.]+)", proc.stdout)
+    assert printed and int(printed.group(1)) == len(pairs) > 0, proc.stdout
+    for value, column in ((printed.group(2), 0), (printed.group(3), 1)):
+        assert float(value) == pytest.approx(sum(p[column] for p in pairs) / len(pairs), abs=6e-5)
 
 
 def test_demo_aligns_the_held_out_prompts_on_every_seed(demo_run, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from trainer.engine.models import TOY_MODEL_DIR, load_pipeline
@@ -41,9 +42,10 @@ def test_shipped_report_lists_every_attribute_against_chance():
     report = json.loads((TOY_MODEL_DIR / "report.json").read_text())
     assert set(report["rates"]) == set(toy_world.ATTRIBUTES)
     assert report["rates"]["colour"] > report["chance"]["colour"]
+    assert set(report["motion"]) == {"slow", "fast"}
 
 
-def test_training_script_writes_a_loadable_folder(tmp_path):
+def test_training_script_writes_a_loadable_folder(tmp_path, capsys):
     """A few steps of the real script: data, tokenizer, flow matching, save, report."""
     out = tmp_path / "toy"
     toy_model.main(["--out", str(out), "--clips", "32", "--steps", "3", "--batch-size", "8",
@@ -55,6 +57,15 @@ def test_training_script_writes_a_loadable_folder(tmp_path):
     fresh = toy_model.build_untrained(0, TOY_MODEL_DIR / "vae").transformer.state_dict()
     assert pipe.vae.config.scale_factor_spatial == 4 and report["vae_steps"] == 2
     assert any(not torch.equal(trained[k], fresh[k]) for k in fresh)  # the EMA moved
+
+    # --report-only measures the folder again and keeps how it was trained
+    toy_model.main(["--out", str(out), "--report-only", "--report-samples", "6", "--threads", "1"])
+    again = json.loads((out / "report.json").read_text())
+    assert again["train_steps"] == 3 and again["samples"] == 6 and set(again["rates"]) == set(report["rates"])
+    assert set(again["motion"]) <= {"slow", "fast"}
+    with pytest.raises(SystemExit):
+        toy_model.main(["--out", str(tmp_path / "nothing"), "--report-only"])
+    assert "not a toy model folder" in capsys.readouterr().err
 
 
 def test_training_encodes_prompts_like_the_engine():

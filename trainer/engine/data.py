@@ -71,7 +71,8 @@ class PromptSet:
         eval_count = min(eval_count, len(distinct) - 1)
         held = [distinct[i] for i in sorted(order[:eval_count])]
         # every copy of a held-out prompt leaves training: held-out prompts are never trained on
-        return cls(train=[p for p in prompts if p not in held], eval=held, seed=seed)
+        held_set = set(held)
+        return cls(train=[p for p in prompts if p not in held_set], eval=held, seed=seed)
 
     def batch(self, iteration: int, size: int) -> list[str]:
         """The ``size`` training prompts of ``iteration``."""

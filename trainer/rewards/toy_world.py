@@ -70,10 +70,16 @@ class ToyWorldReward(Reward):
                 correct[i] += float(p.sum() > 0 and int(p.argmax()) == k)
                 count[i] += 1
         scores = total / count
-        # What each video shows, all seven attributes (None: no object), and whether it still shows
-        # an object of the asked colour on the asked background: for people, in summary.json.
+        # What each video shows, all seven attributes (None: no object), whether it still shows an
+        # object of the asked colour on the asked background, and where a direction is asked, how
+        # far the object moves along it (fraction of the side per frame): for people, in summary.json.
         readings = [{**r, "object_kept": k} for r, k in zip(
             toy_world.read_attributes(videos, measurement), toy_world.objects_kept(videos, prompts, measurement))]
+        directions = [toy_world.parse_caption(p).get("direction") for p in prompts]
+        along = toy_world.motion_along(measurement, [d or "right" for d in directions])
+        for reading, direction, a, found in zip(readings, directions, along.tolist(), measurement.found.tolist()):
+            if direction is not None:
+                reading["motion_along"] = a if found else None
         if self.single:
             return RewardOutput(scores, readings=readings)
         details = {a: v for a, v in per_attr.items() if not v.isnan().any()}

@@ -28,8 +28,9 @@ folder (``model_index.json``, ``transformer/``, ``text_encoder/``, ``tokenizer/`
    direction and speed varied: chance after 800-2000 steps unweighted, 1.00 after 1600 with weight 10).
 5. **Report**: caption-following rates per attribute: deterministic ODE samples of held-out
    captions (the engine's own sampler, ``FlashGRPORecipe.sample``) read by
-   ``trainer.toy.world.read_attributes``, against chance ``1 / choices``; written to
-   ``toy_wan/report.json``.
+   ``trainer.toy.world.read_attributes``, against chance ``1 / choices``, and how far the objects
+   move along the asked direction (``motion_shown``); written to ``toy_wan/report.json``.
+   ``--report-only`` measures an existing folder again without training.
 
 Deterministic for ``--seed`` and ``--threads`` on one machine and torch build
 (``torch.use_deterministic_algorithms``, private generators). Float reductions differ between
@@ -229,7 +230,8 @@ def caption_following(model: str, n: int = 96, seed: int = 12345, guidance_scale
 
     Samples go through the engine (``FlashGRPORecipe.sample``: the same sampler, text encoding
     and decoding as training rollouts); ``read_attributes`` reads them. Returns
-    ``{"rates": {attr: rate}, "chance": {attr: 1/choices}, "all": rate all seven right, ...}``.
+    ``{"rates": {attr: rate}, "chance": {attr: 1/choices}, "all": rate all seven right, "motion":
+    toy_world.motion_shown (how far objects move along the asked direction), ...}``.
     """
     from ..engine.config import FlashGRPOConfig
     from ..engine.recipe import FlashGRPORecipe
@@ -241,18 +243,40 @@ def caption_following(model: str, n: int = 96, seed: int = 12345, guidance_scale
         dict(model=model, guidance_scale=guidance_scale, eval_sampling_steps=steps), preset="toy_demo")
     recipe = FlashGRPORecipe(cfg).setup(training=False)
     videos = torch.cat([recipe.sample(captions[lo:lo + 32], seed=seed) for lo in range(0, n, 32)])
-    read = toy_world.read_attributes(videos)
+    measured = toy_world.measure(videos)
+    read = toy_world.read_attributes(videos, measured)
     ok = {a: [r[a] == t[a] for r, t in zip(read, attrs)] for a in toy_world.ATTRIBUTES}
     return {
         "rates": {a: sum(v) / n for a, v in ok.items()},
         "chance": {a: 1 / len(toy_world.CHOICES[a]) for a in toy_world.ATTRIBUTES},
         "all": sum(all(ok[a][i] for a in ok) for i in range(n)) / n,
+        "motion": toy_world.motion_shown(measured, attrs),
         "samples": n, "guidance_scale": guidance_scale, "sampling_steps": steps,
     }
 
 
 def _format_rates(report: dict) -> str:
     return ", ".join(f"{a} {report['rates'][a]:.2f}" for a in toy_world.ATTRIBUTES) + f"; all {report['all']:.2f}"
+
+
+def _log_report(report: dict) -> None:
+    log.info("caption following (chance): %s", ", ".join(
+        f"{a} {report['rates'][a]:.2f} ({report['chance'][a]:.2f})" for a in toy_world.ATTRIBUTES))
+    log.info("motion along the asked direction (asked): %s", ", ".join(
+        f"{s} {m['along']:+.3f} ({m['asked']:.3f}), any direction {m['magnitude']:.3f}"
+        for s, m in report["motion"].items()))
+    log.info("all seven right: %.2f", report["all"])
+
+
+def _report_again(folder: Path, samples: int) -> None:
+    """Measure the toy model in ``folder`` again; its report.json keeps how it was trained."""
+    from ..fileio import atomic_write_bytes
+
+    path = folder / "report.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report.update(caption_following(str(folder), n=samples))
+    atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
+    _log_report(report)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,11 +294,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-steps", type=int, default=300, help="fine-tuning steps of the toy VAE")
     parser.add_argument("--report-samples", type=int, default=96, help="held-out captions for the caption-following report")
     parser.add_argument("--eval-every", type=int, default=0, help="log caption following every this many steps (0 = only at the end)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: measure the model in --out again and update its report.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
+    if args.report_only:
+        if not (args.out / "model_index.json").is_file():
+            parser.error(f"--report-only: {args.out} is not a toy model folder (no model_index.json); "
+                         "name one with --out, or leave --report-only out to train one")
+        _report_again(args.out, args.report_samples)
+        return
 
     if args.vae is not None:
         from diffusers import AutoencoderKLWan
@@ -318,9 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.replace(args.out)
-    log.info("caption following (chance): %s", ", ".join(
-        f"{a} {report['rates'][a]:.2f} ({report['chance'][a]:.2f})" for a in toy_world.ATTRIBUTES))
-    log.info("all seven right: %.2f; saved %s in %.0fs", report["all"], args.out, time.perf_counter() - start)
+    _log_report(report)
+    log.info("saved %s in %.0fs", args.out, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

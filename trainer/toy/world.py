@@ -320,6 +320,31 @@ def attribute_probs(m: Measurement) -> dict[str, torch.Tensor]:
     return out
 
 
+def motion_along(m: Measurement, directions: list[str]) -> torch.Tensor:
+    """``[N]`` each video's velocity along its direction (a ``DIRECTIONS`` key), fraction of the side
+    per frame: the asked speed for a clip that moves as asked, negative for one moving against it."""
+    return (m.velocity * torch.tensor([DIRECTIONS[d] for d in directions])).sum(dim=1)
+
+
+def motion_shown(m: Measurement, attrs: list[dict[str, str]]) -> dict[str, dict[str, float]]:
+    """How far videos move their object along the direction their captions ask, per asked speed.
+
+    ``{speed: {"asked": distance per frame, "along": mean velocity along the asked direction,
+    "magnitude": mean speed in any direction, "videos": count}}``, in fractions of the side per
+    frame, over the videos that show an object. A clip of ``generate`` moves ``along`` about its
+    ``asked`` speed; a model that ignores direction averages ``along`` near 0 whatever its
+    ``magnitude``, and one that draws still objects has both near 0.
+    """
+    along = motion_along(m, [a["direction"] for a in attrs])
+    out = {}
+    for speed, asked in SPEEDS.items():
+        rows = [i for i, a in enumerate(attrs) if a["speed"] == speed and bool(m.found[i])]
+        if rows:
+            out[speed] = {"asked": asked, "along": float(along[rows].mean()),
+                          "magnitude": float(m.velocity[rows].norm(dim=1).mean()), "videos": len(rows)}
+    return out
+
+
 def read_attributes(videos: torch.Tensor, m: Measurement | None = None) -> list[dict[str, str | None]]:
     """The attributes each video shows (argmax readings); object attributes are None without an object.
 
