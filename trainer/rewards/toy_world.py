@@ -76,7 +76,7 @@ class ToyWorldReward(Reward):
         readings = [{**r, "object_kept": k} for r, k in zip(
             toy_world.read_attributes(videos, measurement), toy_world.objects_kept(videos, prompts, measurement))]
         directions = [toy_world.parse_caption(p).get("direction") for p in prompts]
-        along = toy_world.motion_along(measurement, [d or "right" for d in directions])
+        along = toy_world.motion_along(measurement, [d or "right" for d in directions])  # "right": unread
         for reading, direction, a, found in zip(readings, directions, along.tolist(), measurement.found.tolist()):
             if direction is not None:
                 reading["motion_along"] = a if found else None
