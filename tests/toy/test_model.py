@@ -49,23 +49,34 @@ def test_training_script_writes_a_loadable_folder(tmp_path, capsys):
     """A few steps of the real script: data, tokenizer, flow matching, save, report."""
     out = tmp_path / "toy"
     toy_model.main(["--out", str(out), "--clips", "32", "--steps", "3", "--batch-size", "8",
+                    "--motion-steps", "2", "--motion-batch-size", "4",
                     "--vae-steps", "2", "--report-samples", "4", "--threads", "1"])
     report = json.loads((out / "report.json").read_text())
-    assert report["train_steps"] == 3 and report["samples"] == 4
+    assert report["first_phase"]["train_steps"] == 3 and report["motion_steps"] == 2 and report["samples"] == 4
     pipe = load_pipeline(str(out))
     trained = pipe.transformer.state_dict()
     fresh = toy_model.build_untrained(0, TOY_MODEL_DIR / "vae").transformer.state_dict()
-    assert pipe.vae.config.scale_factor_spatial == 4 and report["vae_steps"] == 2
+    assert pipe.vae.config.scale_factor_spatial == 4 and report["first_phase"]["vae_steps"] == 2
     assert any(not torch.equal(trained[k], fresh[k]) for k in fresh)  # the EMA moved
+
+    # --from: the motion phase alone, from that folder; the first phase is recorded as it was
+    again_out = tmp_path / "toy2"
+    toy_model.main(["--from", str(out), "--out", str(again_out), "--clips", "32", "--motion-steps", "2",
+                    "--motion-batch-size", "4", "--report-samples", "4", "--threads", "1"])
+    second = json.loads((again_out / "report.json").read_text())
+    assert second["first_phase"]["from"] == str(out) and second["first_phase"]["train_steps"] == 3
+    moved = load_pipeline(str(again_out)).transformer.state_dict()
+    assert any(not torch.equal(moved[k], trained[k]) for k in trained)
 
     # --report-only measures the folder again and keeps how it was trained
     toy_model.main(["--out", str(out), "--report-only", "--report-samples", "6", "--threads", "1"])
     again = json.loads((out / "report.json").read_text())
-    assert again["train_steps"] == 3 and again["samples"] == 6 and set(again["rates"]) == set(report["rates"])
-    assert set(again["motion"]) <= {"slow", "fast"}
-    with pytest.raises(SystemExit):
-        toy_model.main(["--out", str(tmp_path / "nothing"), "--report-only"])
-    assert "not a toy model folder" in capsys.readouterr().err
+    assert again["first_phase"] == report["first_phase"] and again["samples"] == 6
+    assert set(again["rates"]) == set(report["rates"]) and set(again["motion"]) <= {"slow", "fast"}
+    for flags in (["--out", str(tmp_path / "nothing"), "--report-only"], ["--from", str(tmp_path / "nothing")]):
+        with pytest.raises(SystemExit):
+            toy_model.main(flags)
+        assert "not a toy model folder" in capsys.readouterr().err
 
 
 def test_training_encodes_prompts_like_the_engine():
@@ -103,3 +114,24 @@ def test_foreground_mask_marks_the_object_cells():
     xs = torch.arange(16.0)
     centre_x = (mask[1, 0] * xs).sum(dim=(1, 2)) / mask[1, 0].sum(dim=(1, 2))
     assert centre_x[0] < centre_x[1] < centre_x[2]  # moving right
+
+
+def test_motion_mask_marks_the_path_in_every_frame():
+    """The motion phase's weight: the cells a moving object covers in some latent frame but not in
+    all, marked in every frame (also where the object is not yet or no longer); none for a still
+    object or a plain background."""
+    from trainer.toy.vae import encoder_means
+
+    vae = load_pipeline("toy").vae
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    base = {"colour": "red", "shape": "square", "size": "large", "position": "center", "speed": "fast",
+            "background": "gray"}
+    videos = toy_world.render([{**base, "direction": "right"}], g=torch.Generator().manual_seed(0))
+    still = videos[:, :, :1].expand_as(videos).clone()  # the first frame held: no motion
+    z = (encoder_means(vae, torch.cat([videos, still, torch.zeros_like(videos)])) - mean) / std
+    path, fg = toy_model.motion_mask(z), toy_model.foreground_mask(z)
+    assert path.shape == fg.shape
+    assert path[0, 0, 0].sum() > 0 and (path[0, 0] == path[0, 0, :1]).all()  # the same cells in every frame
+    assert (path[0] * (1 - fg[0])).sum() > 0  # including cells empty in that frame
+    assert path[1].sum() == 0 and path[2].sum() == 0

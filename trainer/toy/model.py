@@ -24,9 +24,17 @@ folder (``model_index.json``, ``transformer/``, ``text_encoder/``, ``tokenizer/`
    the weights (the EMA is what ships). The squared error is weighted ``1 + fg_weight`` on the
    latent cells of the object (``foreground_mask``) and 1 elsewhere: the object covers 2-12 % of
    a clip, so with a plain mean the loss is mostly background, and the model learned colours and
-   layout but not motion (direction at chance after 4000 steps; measured in a world where only
-   direction and speed varied: chance after 800-2000 steps unweighted, 1.00 after 1600 with weight 10).
-5. **Report**: caption-following rates per attribute: deterministic ODE samples of held-out
+   layout but not motion (direction at chance after 4000 steps).
+5. **Motion phase** (``--motion-steps``): the first phase (``--steps``) learns looks and layout;
+   its objects move along the asked axis but about as often one way as the other, so on average
+   they stay put. A Wan transformer knows positions only through rotary attention (relative offsets), so
+   which end of a path comes first must be learned from content, and the first phase's loss barely
+   asks for it. The second phase trains on, from the first phase's EMA weights, with an extra
+   weight ``motion_weight`` on the object's path in every latent frame (``motion_mask``): the
+   cells where a model that draws the object at both ends of its path is wrong. From scratch the
+   same weight did not help (the looks come first); after the first phase it teaches direction.
+   ``--from DIR`` starts the second phase from an existing toy model folder.
+6. **Report**: caption-following rates per attribute: deterministic ODE samples of held-out
    captions (the engine's own sampler, ``FlashGRPORecipe.sample``) read by
    ``trainer.toy.world.read_attributes``, against chance ``1 / choices``, and how far the objects
    move along the asked direction (``motion_shown``); written to ``toy_wan/report.json``.
@@ -147,15 +155,25 @@ def foreground_mask(x0: torch.Tensor) -> torch.Tensor:
     return ((x0 - background).norm(dim=1, keepdim=True) > FOREGROUND_THRESHOLD).float()
 
 
+def motion_mask(x0: torch.Tensor) -> torch.Tensor:
+    """``[n, 1, f, h, w]`` 1.0, in every latent frame, on the cells of the object's path: covered
+    (``foreground_mask``) in some latent frame but not in all. In a frame where the object has not
+    arrived or has already left, these are the cells a model that does not know which way time
+    runs gets wrong: it draws the object at both ends of its path."""
+    fg = foreground_mask(x0)
+    return (fg.amax(dim=2, keepdim=True) - fg.amin(dim=2, keepdim=True)).expand_as(fg)
+
+
 def train(pipe, latents: torch.Tensor, captions: list[str], steps: int, batch_size: int = 64,
           lr: float = 2e-3, shift: float = 3.0, drop: float = 0.1, ema_decay: float = 0.995,
-          fg_weight: float = 10.0, seed: int = 0, log_every: int = 100, on_eval=None,
-          eval_every: int = 0) -> dict:
+          fg_weight: float = 10.0, motion_weight: float = 0.0, seed: int = 0, log_every: int = 100,
+          on_eval=None, eval_every: int = 0) -> dict:
     """Flow-matching training of ``pipe.transformer`` and ``pipe.text_encoder`` in place.
 
     Returns the EMA state dicts ``{"transformer": ..., "text_encoder": ...}`` (not yet loaded).
     The squared error is weighted ``1 + fg_weight`` on the object's latent cells
-    (``foreground_mask``), normalised by the mean weight. ``on_eval(step, ema)`` is called every
+    (``foreground_mask``) plus ``motion_weight`` on its path (``motion_mask``), normalised by the
+    mean weight. ``on_eval(step, ema)`` is called every
     ``eval_every`` steps (0 = never) with the global RNG state saved and restored around it, so
     evaluating does not change what is trained.
     """
@@ -181,6 +199,8 @@ def train(pipe, latents: torch.Tensor, captions: list[str], steps: int, batch_si
         emb = pipe._get_t5_prompt_embeds(prompts, max_sequence_length=MAX_SEQUENCE_LENGTH, device=torch.device("cpu"))
         pred = pipe.transformer(xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
         weight = 1.0 + fg_weight * foreground_mask(x0)
+        if motion_weight:
+            weight = weight + motion_weight * motion_mask(x0)
         loss = ((pred - (noise - x0)).square() * weight).mean() / weight.mean()
         scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
@@ -283,11 +303,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output diffusers folder")
     parser.add_argument("--clips", type=int, default=4096, help="captioned training clips")
-    parser.add_argument("--steps", type=int, default=6000, help="optimiser steps")
+    parser.add_argument("--steps", type=int, default=6000, help="optimiser steps of the first phase (looks and layout)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--fg-weight", type=float, default=10.0,
                         help="extra loss weight on the object's latent cells (foreground_mask)")
+    parser.add_argument("--motion-steps", type=int, default=3000,
+                        help="optimiser steps of the second phase, which adds --motion-weight (0 = no second phase)")
+    parser.add_argument("--motion-weight", type=float, default=20.0,
+                        help="second phase: extra loss weight on the object's path in every frame (motion_mask)")
+    parser.add_argument("--motion-batch-size", type=int, default=32)
+    parser.add_argument("--motion-lr", type=float, default=1e-3)
+    parser.add_argument("--from", dest="start", type=Path, default=None,
+                        help="skip the VAE and the first phase: start the second phase from this toy model folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed for determinism)")
     parser.add_argument("--vae", type=Path, default=None, help="reuse this trained toy VAE folder instead of training one")
@@ -301,22 +329,39 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
+    for flag, folder in (("--report-only", args.out if args.report_only else None), ("--from", args.start)):
+        if folder is not None and not (folder / "model_index.json").is_file():
+            parser.error(f"{flag}: {folder} is not a toy model folder (no model_index.json); "
+                         "name one, or leave the flag out to train one from scratch")
     if args.report_only:
-        if not (args.out / "model_index.json").is_file():
-            parser.error(f"--report-only: {args.out} is not a toy model folder (no model_index.json); "
-                         "name one with --out, or leave --report-only out to train one")
         _report_again(args.out, args.report_samples)
         return
 
-    if args.vae is not None:
-        from diffusers import AutoencoderKLWan
+    record = dict(clips=args.clips, seed=args.seed, threads=args.threads, fg_weight=args.fg_weight)
+    if args.start is not None:
+        from diffusers import WanTransformer3DModel
+        from transformers import UMT5EncoderModel
 
-        vae = AutoencoderKLWan.from_pretrained(str(args.vae), local_files_only=True)
+        pipe = build_untrained(args.seed, args.start / "vae")  # the same tokenizer and config as a full run
+        for name, cls in (("transformer", WanTransformer3DModel), ("text_encoder", UMT5EncoderModel)):
+            trained = cls.from_pretrained(str(args.start / name), local_files_only=True)
+            getattr(pipe, name).load_state_dict(trained.state_dict())
+        earlier = json.loads((args.start / "report.json").read_text()) if (args.start / "report.json").is_file() else {}
+        earlier = earlier.get("first_phase", earlier)  # reports before the motion phase kept these at the top
+        record["first_phase"] = {**{k: earlier[k] for k in ("train_steps", "batch_size", "lr", "train_seconds",
+                                                            "vae_steps") if k in earlier}, "from": str(args.start)}
     else:
-        vae = train_toy_vae(seed=args.seed, steps=args.vae_steps, threads=args.threads)
-        torch.set_num_threads(args.threads)
-    log.info("VAE ready in %.0fs", time.perf_counter() - start)
-    pipe = build_untrained(args.seed, vae)
+        if args.vae is not None:
+            from diffusers import AutoencoderKLWan
+
+            vae = AutoencoderKLWan.from_pretrained(str(args.vae), local_files_only=True)
+        else:
+            vae = train_toy_vae(seed=args.seed, steps=args.vae_steps, threads=args.threads)
+            torch.set_num_threads(args.threads)
+        log.info("VAE ready in %.0fs", time.perf_counter() - start)
+        pipe = build_untrained(args.seed, vae)
+        record["first_phase"] = dict(train_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                     vae_steps=args.vae_steps)
     latents, captions = encode_clips(pipe.vae, args.clips, args.seed)
     log.info("encoded %d clips %s in %.0fs", len(captions), tuple(latents.shape[1:]), time.perf_counter() - start)
 
@@ -334,19 +379,30 @@ def main(argv: list[str] | None = None) -> None:
         pipe.text_encoder.train()
         log.info("step %d caption following: %s", step, _format_rates(report))
 
-    ema = train(pipe, latents, captions, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                fg_weight=args.fg_weight, on_eval=evaluate, eval_every=args.eval_every)
-    pipe.transformer.load_state_dict(ema["transformer"])
-    pipe.text_encoder.load_state_dict(ema["text_encoder"])
+    phases = []
+    if args.start is None:
+        phases.append(dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, motion_weight=0.0, seed=args.seed))
+    if args.motion_steps:
+        phases.append(dict(steps=args.motion_steps, batch_size=args.motion_batch_size, lr=args.motion_lr,
+                           motion_weight=args.motion_weight, seed=args.seed + 1))
+    for phase in phases:
+        log.info("training %s", phase)
+        if phase["motion_weight"]:  # the text encoder's dropout: the same after the first phase or --from
+            torch.manual_seed(phase["seed"])
+        ema = train(pipe, latents, captions, phase["steps"], batch_size=phase["batch_size"], lr=phase["lr"],
+                    seed=phase["seed"], fg_weight=args.fg_weight, motion_weight=phase["motion_weight"],
+                    on_eval=evaluate, eval_every=args.eval_every)
+        pipe.transformer.load_state_dict(ema["transformer"])
+        pipe.text_encoder.load_state_dict(ema["text_encoder"])
     train_seconds = time.perf_counter() - start
+    record.update(motion_steps=args.motion_steps, motion_batch_size=args.motion_batch_size, motion_lr=args.motion_lr,
+                  motion_weight=args.motion_weight, train_seconds=round(train_seconds))
 
     tmp = args.out.parent / f".{args.out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     report = caption_following(str(tmp), n=args.report_samples)
-    report.update(train_seconds=round(train_seconds), clips=args.clips, train_steps=args.steps, seed=args.seed,
-                  batch_size=args.batch_size, lr=args.lr, fg_weight=args.fg_weight, threads=args.threads,
-                  vae_steps=args.vae_steps)
+    report.update(record)
     (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.replace(args.out)
