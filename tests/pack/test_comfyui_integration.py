@@ -512,7 +512,10 @@ def _object_info_classes(info: dict) -> dict:
     return classes
 
 
-def _webp_frames(comfy, image: dict) -> list:
+def _webp_frames(comfy, image: dict, frame_ms: int | None = None) -> list:
+    """The frames of an animated WebP. libwebp stores a frame identical to the one before it as a
+    longer duration of that one; with ``frame_ms`` (the writer's frame duration) such a frame is
+    counted as often as it is shown."""
     import numpy as np
     from PIL import Image
 
@@ -522,7 +525,9 @@ def _webp_frames(comfy, image: dict) -> list:
         frames = []
         for i in range(getattr(im, "n_frames", 1)):
             im.seek(i)
-            frames.append(np.asarray(im.convert("RGB")).copy())
+            frame = np.asarray(im.convert("RGB")).copy()  # loads the frame, and with it its duration
+            shown = max(1, round(im.info.get("duration", 0) / frame_ms)) if frame_ms else 1
+            frames += [frame] * shown
     return frames
 
 
@@ -581,7 +586,7 @@ def test_train_then_generate_template_runs_from_prompt_and_generates_with_the_lo
         assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000] + comfy.log()[-3000:]
         images = result["outputs"][save_id]["images"]
         assert len(images) == 4  # 2 prompts x G = 2, one animated WebP each
-        return [_webp_frames(comfy, i) for i in images]
+        return [_webp_frames(comfy, i, frame_ms=int(1000 / 16)) for i in images]  # the template saves at 16 fps
 
     with_lora = generated(first)
     assert all(len(v) == 9 for v in with_lora)
