@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run directory: {run_dir}\nLoRA: {lora}")
             m = json.loads(metrics)
             if "reward_first" in m:
-                print(f"reward (mean of first/last 5 iterations): {m['reward_first']:.4f} -> {m['reward_last']:.4f}")
+                print(f"training reward (mean of the first/last {m.get('reward_iterations', 5)} iterations): "
+                      f"{m['reward_first']:.4f} -> {m['reward_last']:.4f}")
             rows = [r for r in m.get("held_out", []) if "gain" in r]
             if rows:
                 before = sum(r["before"] for r in rows) / len(rows)

@@ -34,6 +34,16 @@ def test_evaluate_lora_reproduces_the_runs_held_out_scores_and_scores_its_traini
     assert json.loads((result.run_dir / "evaluation.json").read_text()) == json.loads(json.dumps(out))
     assert "| held-out | 2 |" in capsys.readouterr().out
 
+    # the LoRA at the first K steps only: K = every step is the LoRA; K = 1 neither it nor the base
+    every = evaluate_lora.evaluate(result.run_dir, samples=2, lora_steps=10)["sets"]["held_out"]["lora"]["mean"]
+    assert every == pytest.approx(held["lora"]["mean"], abs=1e-6)
+    first = evaluate_lora.evaluate(result.run_dir, samples=2, lora_steps=1)["sets"]["held_out"]
+    assert first["lora"]["mean"] != pytest.approx(held["lora"]["mean"], abs=1e-6)
+    assert first["lora"]["mean"] != pytest.approx(held["base"]["mean"], abs=1e-6)
+    assert first["base"]["mean"] == pytest.approx(held["base"]["mean"], abs=1e-6)
+    with pytest.raises(UserError, match="--lora-steps 11: must be 0 .* to 10"):
+        evaluate_lora.evaluate(result.run_dir, lora_steps=11)
+
     with pytest.raises(UserError, match="no config.json"):
         evaluate_lora.evaluate(tmp_path / "nothing")
     (result.run_dir / "summary.json").write_text("{}")

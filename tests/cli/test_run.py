@@ -16,15 +16,15 @@ from safetensors import safe_open
 
 from tests.support import ROOT, run_cli
 
-# The demo's held-out gain on seeds 0, 1, 2 through the backend (README, "Two commands"): +0.263,
-# +0.137, +0.258, with 0, 0, 3 held-out objects lost by training; in-process at 1 thread, seeds 0-4:
-# +0.247, +0.139, +0.257, +0.239, +0.220 with 0, 0, 2, 0, 1 lost. A CPU with other floating-point
-# results trains another LoRA (a seed's gain moves by up to about 0.1), so the margins: every seed
-# gains, the mean of the three gains is above 0.1, and training loses at most four of a seed's 16
-# held-out objects (the most measured is three).
+# The demo's held-out gain on seeds 0, 1, 2 through the backend (README, "Two commands"): +0.168,
+# +0.144, +0.134, no held-out object lost by training; in-process at 1 thread the same, with AVX2
+# kernels only the same (+0.1437 on seed 1), and seeds 3 and 4 +0.098 and +0.284, none lost. A CPU
+# with other floating-point results trains another LoRA, so the margins: every seed gains more
+# than 0.05, the mean of the three gains is above 0.1, and training loses at most one of a seed's
+# 16 held-out objects.
 DEMO_MIN_MEAN_GAIN = 0.1
-DEMO_MIN_SEED_GAIN = 0.0
-DEMO_MAX_LOST = 4
+DEMO_MIN_SEED_GAIN = 0.05
+DEMO_MAX_LOST = 1
 
 KEY = re.compile(r"^diffusion_model\.blocks\.\d+\.(self_attn|cross_attn)\.(q|k|v|o)\.(lora_A\.weight|lora_B\.weight|alpha)$")
 
@@ -55,6 +55,12 @@ def test_demo_writes_a_complete_run_directory(demo_run):
     # and the later ones stay inside the PPO clip range.
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["updates_per_iteration"] == 4 and 0 < its[0]["ratio_max_dev"] < cfg["clip_range"]
+    # the printed training reward: means of the first and the last fifth of the iterations
+    summary, k = json.loads((run_dir / "summary.json").read_text()), iterations // 5
+    assert summary["reward_iterations"] == k
+    first, last = (sum(e["reward_mean"] for e in part) / k for part in (its[:k], its[-k:]))
+    assert summary["reward_first"] == pytest.approx(first) and summary["reward_last"] == pytest.approx(last)
+    assert f"training reward (mean of the first/last {k} iterations): {first:.4f} -> {last:.4f}" in proc.stdout
 
 
 def _held_out_gain(run_dir: Path) -> float:
@@ -65,7 +71,7 @@ def _held_out_gain(run_dir: Path) -> float:
 def test_demo_keeps_the_held_out_objects_and_shows_what_it_evaluated(demo_run):
     """The held-out "after" videos, read from the mp4s a person would watch, still show one object
     of the caption's colour on the caption's background wherever the "before" video did (all but
-    at most four of 16); summary.json says per prompt what was evaluated and what the reward read."""
+    at most one of 16); summary.json says per prompt what was evaluated and what the reward read."""
     import imageio.v3 as iio
 
     from trainer.toy import world as toy_world
@@ -97,8 +103,8 @@ def test_demo_keeps_the_held_out_objects_and_shows_what_it_evaluated(demo_run):
 
 
 def test_demo_aligns_the_held_out_prompts_on_every_seed(demo_run, tmp_path):
-    """Seeds 0, 1 and 2 (1 and 2 run here, side by side): the held-out reward rises on every seed,
-    by more than 0.1 on average, and training loses at most four of a seed's 16 held-out objects. The
+    """Seeds 0, 1 and 2 (1 and 2 run here, side by side): the held-out reward rises by more than 0.05 on every seed,
+    by more than 0.1 on average, and training loses at most one of a seed's 16 held-out objects. The
     held-out reward is each prompt's mean over eval_samples=4, on prompts the training never saw."""
     run_dir, _ = demo_run
     procs = [subprocess.Popen([sys.executable, "-m", "trainer.run", "workflows/demo.json", "--in-process",

@@ -1105,9 +1105,11 @@ class FlashGRPORecipe:
             plot_reward_curve(events, self.run_dir / "reward_curve.png")
             its = [e for e in events if e.get("event") == "iteration"]
             if its:
-                k = min(5, len(its))
+                # the first and the last fifth: one iteration's mean is a few prompts at one step k
+                k = max(1, len(its) // 5)
                 summary["reward_first"] = sum(e["reward_mean"] for e in its[:k]) / k
                 summary["reward_last"] = sum(e["reward_mean"] for e in its[-k:]) / k
+                summary["reward_iterations"] = k
             start = next((e for e in events if e.get("event") == "start"), {})
             summary["before"] = start.get("before", {})
             if self.prompts.eval:
