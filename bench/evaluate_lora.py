@@ -14,7 +14,8 @@ with the LoRA and without it (the base model), with the run's rewards. The noise
 the one a run's own held-out evaluation uses for its sample ``d`` (``recipe.scored_draws``), so
 on the held-out prompts, with ``--samples`` equal to the run's ``eval_samples``, the base and LoRA
 means are the run's own before and after. Prints one row per prompt set (prompts, base, LoRA,
-gain, the spread of the gain over draws, and for the toy world's rewards the objects kept) and
+gain, the spread of the gain over draws, and for the toy world's rewards the objects kept: their
+share over all draws, and their count on the first draw, the one the run's videos show) and
 writes ``RUN_DIR/evaluation.json``. Nothing else in ``RUN_DIR`` is touched.
 
 ``--lora-steps K`` applies the LoRA at the first ``K`` sampling steps only (the base model does
@@ -47,7 +48,8 @@ def _score(recipe: FlashGRPORecipe, prompts: list[str], samples: int, lora: bool
         means.append(float(scored.scores.mean()))
         if scored.readings is not None and all("object_kept" in r for r in scored.readings):
             kept.append(float(np.mean([r["object_kept"] for r in scored.readings])))
-    return {"per_draw": means, "mean": float(np.mean(means)), "objects_kept": float(np.mean(kept)) if kept else None}
+    return {"per_draw": means, "mean": float(np.mean(means)), "objects_kept": float(np.mean(kept)) if kept else None,
+            "objects_kept_per_draw": kept or None}
 
 
 @contextlib.contextmanager
@@ -115,11 +117,14 @@ def evaluate(run_dir: str | Path, samples: int = 4, lora_steps: int = 0) -> dict
 
 def table(result: dict) -> str:
     """The result as a markdown table, one row per prompt set."""
-    lines = ["| prompts | n | base | LoRA | gain | gain std over draws | objects kept base → LoRA |",
+    lines = ["| prompts | n | base | LoRA | gain | gain std over draws | objects kept, base → LoRA |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, s in result["sets"].items():
-        kept = (f"{s['base']['objects_kept']:.2f} → {s['lora']['objects_kept']:.2f}"
-                if s["base"]["objects_kept"] is not None else "")
+        kept = ""
+        if s["base"]["objects_kept"] is not None:  # all draws, then the first (the run's own videos)
+            first = [round(s[k]["objects_kept_per_draw"][0] * s["prompts"]) for k in ("base", "lora")]
+            kept = (f"{s['base']['objects_kept']:.2f} → {s['lora']['objects_kept']:.2f} "
+                    f"(first draw: {first[0]} → {first[1]} of {s['prompts']})")
         lines.append(f"| {name.replace('_', '-')} | {s['prompts']} | {s['base']['mean']:.3f} | {s['lora']['mean']:.3f} "
                      f"| {s['gain']:+.3f} | {s['gain_std_over_draws']:.3f} | {kept} |")
     return "\n".join(lines)

@@ -49,3 +49,15 @@ def test_evaluate_lora_reproduces_the_runs_held_out_scores_and_scores_its_traini
     (result.run_dir / "summary.json").write_text("{}")
     with pytest.raises(UserError, match="no exported LoRA"):
         evaluate_lora.evaluate(result.run_dir)
+
+
+def test_table_gives_the_objects_kept_over_all_draws_and_on_the_first():
+    from bench import evaluate_lora
+
+    def side(mean, kept):
+        return {"mean": mean, "per_draw": [mean], "objects_kept": sum(kept) / len(kept), "objects_kept_per_draw": kept}
+
+    result = {"sets": {"held_out": {"prompts": 16, "base": side(0.394, [1.0, 1.0]), "lora": side(0.651, [0.875, 0.9375]),
+                                    "gain": 0.257, "gain_std_over_draws": 0.1}}}
+    row = evaluate_lora.table(result).splitlines()[-1]
+    assert row == "| held-out | 16 | 0.394 | 0.651 | +0.257 | 0.100 | 1.00 → 0.91 (first draw: 16 → 14 of 16) |"
