@@ -53,6 +53,7 @@ def test_training_script_writes_a_loadable_folder(tmp_path, capsys):
                     "--vae-steps", "2", "--report-samples", "4", "--threads", "1"])
     report = json.loads((out / "report.json").read_text())
     assert report["first_phase"]["train_steps"] == 3 and report["motion_steps"] == 2 and report["samples"] == 4
+    assert 0 <= report["first_phase"]["train_seconds"] <= report["train_seconds"]  # both phases' times
     pipe = load_pipeline(str(out))
     trained = pipe.transformer.state_dict()
     fresh = toy_model.build_untrained(0, TOY_MODEL_DIR / "vae").transformer.state_dict()

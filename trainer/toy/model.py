@@ -329,13 +329,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
-    for flag, folder in (("--report-only", args.out if args.report_only else None), ("--from", args.start)):
-        if folder is not None and not (folder / "model_index.json").is_file():
+
+    def need_model_folder(flag: str, folder: Path) -> None:
+        if not (folder / "model_index.json").is_file():
             parser.error(f"{flag}: {folder} is not a toy model folder (no model_index.json); "
                          "name one, or leave the flag out to train one from scratch")
+
     if args.report_only:
+        need_model_folder("--report-only", args.out)
         _report_again(args.out, args.report_samples)
         return
+    if args.start is not None:
+        need_model_folder("--from", args.start)
 
     record = dict(clips=args.clips, seed=args.seed, threads=args.threads, fg_weight=args.fg_weight)
     if args.start is not None:
@@ -394,6 +399,8 @@ def main(argv: list[str] | None = None) -> None:
                     on_eval=evaluate, eval_every=args.eval_every)
         pipe.transformer.load_state_dict(ema["transformer"])
         pipe.text_encoder.load_state_dict(ema["text_encoder"])
+        if not phase["motion_weight"]:  # the first phase, from the start (VAE included)
+            record["first_phase"]["train_seconds"] = round(time.perf_counter() - start)
     train_seconds = time.perf_counter() - start
     record.update(motion_steps=args.motion_steps, motion_batch_size=args.motion_batch_size, motion_lr=args.motion_lr,
                   motion_weight=args.motion_weight, train_seconds=round(train_seconds))
