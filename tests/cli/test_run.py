@@ -103,9 +103,10 @@ def test_demo_keeps_the_held_out_objects_and_shows_what_it_evaluated(demo_run):
 
 
 def test_demo_aligns_the_held_out_prompts_on_every_seed(demo_run, tmp_path):
-    """Seeds 0, 1 and 2 (1 and 2 run here, side by side): the held-out reward rises by more than 0.05 on every seed,
-    by more than 0.1 on average, and training loses at most one of a seed's 16 held-out objects. The
-    held-out reward is each prompt's mean over eval_samples=4, on prompts the training never saw."""
+    """Seeds 0, 1 and 2 (1 and 2 run here, side by side): the held-out reward rises by more than 0.05
+    on every seed and by more than 0.1 on average, and training loses at most one of a seed's 16
+    held-out objects. The held-out reward is each prompt's mean over eval_samples=4, on prompts the
+    training never saw."""
     run_dir, _ = demo_run
     procs = [subprocess.Popen([sys.executable, "-m", "trainer.run", "workflows/demo.json", "--in-process",
                                "--set", f"output_dir={tmp_path}", "--set", f"run_name=s{seed}", "--set", f"seed={seed}"],
