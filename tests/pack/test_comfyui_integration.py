@@ -586,7 +586,8 @@ def test_train_then_generate_template_runs_from_prompt_and_generates_with_the_lo
         assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000] + comfy.log()[-3000:]
         images = result["outputs"][save_id]["images"]
         assert len(images) == 4  # 2 prompts x G = 2, one animated WebP each
-        return [_webp_frames(comfy, i, frame_ms=int(1000 / 16)) for i in images]  # the template saves at 16 fps
+        frame_ms = int(1000 / prompt[save_id]["inputs"]["fps"])  # SaveAnimatedWEBP's frame duration
+        return [_webp_frames(comfy, i, frame_ms=frame_ms) for i in images]
 
     with_lora = generated(first)
     assert all(len(v) == 9 for v in with_lora)
