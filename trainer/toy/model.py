@@ -339,11 +339,10 @@ def main(argv: list[str] | None = None) -> None:
         need_model_folder("--report-only", args.out)
         _report_again(args.out, args.report_samples)
         return
-    if args.start is not None:
-        need_model_folder("--from", args.start)
 
     record = dict(clips=args.clips, seed=args.seed, threads=args.threads, fg_weight=args.fg_weight)
     if args.start is not None:
+        need_model_folder("--from", args.start)
         from diffusers import WanTransformer3DModel
         from transformers import UMT5EncoderModel
 
@@ -386,20 +385,21 @@ def main(argv: list[str] | None = None) -> None:
 
     phases = []
     if args.start is None:
-        phases.append(dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, motion_weight=0.0, seed=args.seed))
+        phases.append(dict(name="first", steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                           motion_weight=0.0, seed=args.seed))
     if args.motion_steps:
-        phases.append(dict(steps=args.motion_steps, batch_size=args.motion_batch_size, lr=args.motion_lr,
-                           motion_weight=args.motion_weight, seed=args.seed + 1))
+        phases.append(dict(name="motion", steps=args.motion_steps, batch_size=args.motion_batch_size,
+                           lr=args.motion_lr, motion_weight=args.motion_weight, seed=args.seed + 1))
     for phase in phases:
         log.info("training %s", phase)
-        if phase["motion_weight"]:  # the text encoder's dropout: the same after the first phase or --from
+        if phase["name"] == "motion":  # the text encoder's dropout: the same after the first phase or --from
             torch.manual_seed(phase["seed"])
         ema = train(pipe, latents, captions, phase["steps"], batch_size=phase["batch_size"], lr=phase["lr"],
                     seed=phase["seed"], fg_weight=args.fg_weight, motion_weight=phase["motion_weight"],
                     on_eval=evaluate, eval_every=args.eval_every)
         pipe.transformer.load_state_dict(ema["transformer"])
         pipe.text_encoder.load_state_dict(ema["text_encoder"])
-        if not phase["motion_weight"]:  # the first phase, from the start (VAE included)
+        if phase["name"] == "first":  # from the start, VAE included
             record["first_phase"]["train_seconds"] = round(time.perf_counter() - start)
     train_seconds = time.perf_counter() - start
     record.update(motion_steps=args.motion_steps, motion_batch_size=args.motion_batch_size, motion_lr=args.motion_lr,
